@@ -1,0 +1,183 @@
+/**
+ * Calling upstream APIs: the retry policy of SPEC §2.5 and one way to turn an HTTP exchange
+ * into a typed result. Every upstream call of every source goes through `call`, so timeouts,
+ * backoff with jitter, `Retry-After` and the classification of statuses are decided in one
+ * place. Error details quote only the upstream's own message fields, never request data, so
+ * a credential cannot leak into an error.
+ */
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import type { HttpClientResponse } from "@effect/platform"
+import { Config, Context, Duration, Effect, Layer, Option, ParseResult, Schedule, Schema } from "effect"
+import { isRetryable, UpstreamError } from "./Errors.js"
+
+export interface RetryPolicyShape {
+  /** Attempts in all, the first included. */
+  readonly maxAttempts: number
+  readonly baseDelay: Duration.Duration
+  readonly maxDelay: Duration.Duration
+  readonly requestTimeout: Duration.Duration
+}
+
+/** The retry policy; defaults are the existing systems' (3 attempts, 1 s, 30 s, 10 s). */
+export class RetryPolicy extends Context.Reference<RetryPolicy>()("@tessera/core/Upstream/RetryPolicy", {
+  defaultValue: (): RetryPolicyShape => ({
+    maxAttempts: 3,
+    baseDelay: Duration.millis(1000),
+    maxDelay: Duration.millis(30_000),
+    requestTimeout: Duration.millis(10_000)
+  })
+}) {}
+
+const positiveInt = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.validate({ message: `${name} must be a positive whole number`, validation: (n) => n >= 1 }),
+    Config.withDefault(fallback)
+  )
+
+/** The policy from `API_RETRY_MAX_ATTEMPTS`, `API_RETRY_BASE_DELAY_MS`, `API_RETRY_MAX_DELAY_MS`, `API_REQUEST_TIMEOUT_MS`. */
+export const retryPolicyConfig: Config.Config<RetryPolicyShape> = Config.all({
+  maxAttempts: positiveInt("API_RETRY_MAX_ATTEMPTS", 3),
+  baseDelay: Config.map(positiveInt("API_RETRY_BASE_DELAY_MS", 1000), Duration.millis),
+  maxDelay: Config.map(positiveInt("API_RETRY_MAX_DELAY_MS", 30_000), Duration.millis),
+  requestTimeout: Config.map(positiveInt("API_REQUEST_TIMEOUT_MS", 10_000), Duration.millis)
+})
+
+export const layerRetryPolicyConfig = Layer.effect(RetryPolicy, retryPolicyConfig)
+
+/**
+ * The schedule between attempts: exponential from the base delay with jitter, each delay
+ * capped at the maximum, raised to the upstream's `Retry-After` when it asked for longer.
+ * It stops after `maxAttempts` attempts, on errors that are not worth retrying, and when the
+ * upstream asks to wait longer than the maximum delay (the caller then gets the error with
+ * its `retryAfterMs`, rather than a call that hangs for an hour).
+ */
+export const retrySchedule = (policy: RetryPolicyShape): Schedule.Schedule<unknown, UpstreamError> => {
+  const maxDelayMs = Duration.toMillis(policy.maxDelay)
+  return Schedule.exponential(policy.baseDelay).pipe(
+    Schedule.jittered,
+    Schedule.modifyDelay((_, delay) => Duration.min(delay, policy.maxDelay)),
+    Schedule.intersect(Schedule.recurs(policy.maxAttempts - 1)),
+    Schedule.intersect(Schedule.identity<UpstreamError>()),
+    Schedule.modifyDelay(([, error], delay) =>
+      error.retryAfterMs === null ? delay : Duration.max(delay, Duration.millis(error.retryAfterMs))
+    ),
+    Schedule.whileInput((error: UpstreamError) => isRetryable(error) && (error.retryAfterMs ?? 0) <= maxDelayMs)
+  )
+}
+
+/** Retries `effect` under the current retry policy. */
+export const withRetry = <A, R>(effect: Effect.Effect<A, UpstreamError, R>): Effect.Effect<A, UpstreamError, R> =>
+  Effect.flatMap(RetryPolicy, (policy) => Effect.retry(effect, retrySchedule(policy)))
+
+/** Parses `Retry-After`: delay-seconds or an HTTP date, as milliseconds from `now`. */
+export const parseRetryAfter = (value: string | undefined, now: number): Option.Option<number> => {
+  if (value === undefined) return Option.none()
+  const trimmed = value.trim()
+  if (/^\d+$/.test(trimmed)) return Option.some(Number(trimmed) * 1000)
+  const date = Date.parse(trimmed)
+  return Number.isNaN(date) || !/[a-z]/i.test(trimmed) ? Option.none() : Option.some(Math.max(0, date - now))
+}
+
+const MESSAGE_FIELDS = ["error_description", "message", "detail", "error"] as const
+
+/** A short, safe excerpt of an upstream error body: only its message fields, never the raw body. */
+const upstreamMessage = (body: string): string => {
+  try {
+    const json: unknown = JSON.parse(body)
+    if (typeof json === "object" && json !== null) {
+      const record = json as Record<string, unknown>
+      for (const field of MESSAGE_FIELDS) {
+        const value = record[field]
+        if (typeof value === "string" && value.length > 0) return value.slice(0, 200)
+      }
+      const errors = record["errors"]
+      if (Array.isArray(errors) && typeof errors[0]?.message === "string") return String(errors[0].message).slice(0, 200)
+    }
+  } catch {
+    // not JSON: fall through to the status alone
+  }
+  return "no details"
+}
+
+/** Classifies a non-2xx response (SPEC §2.5: 401/408/429/5xx are special, other 4xx final). */
+export const classifyStatus = (
+  operation: string,
+  status: number,
+  headers: Readonly<Record<string, string | undefined>>,
+  body: string,
+  now: number
+): UpstreamError => {
+  const retryAfterMs = Option.getOrNull(parseRetryAfter(headers["retry-after"], now))
+  const kind = status === 401
+    ? "unauthorized"
+    : status === 408
+    ? "timeout"
+    : status === 429
+    ? "rate_limited"
+    : status >= 500
+    ? "server"
+    : "rejected"
+  return new UpstreamError({ kind, operation, status, detail: upstreamMessage(body), retryAfterMs })
+}
+
+/** Describes why a body did not match its schema by paths only: values may be secrets. */
+const describeParseError = (error: ParseResult.ParseError): string => {
+  const paths = ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) =>
+    issue.path.length === 0 ? "body" : issue.path.join(".")
+  )
+  return `unexpected response body at ${[...new Set(paths)].join(", ")}`
+}
+
+/**
+ * One upstream exchange, with timeout and classification but no retry: a 2xx JSON body is
+ * decoded with `schema`; everything else becomes an `UpstreamError`.
+ */
+export const exchange = <A, I>(
+  operation: string,
+  request: HttpClientRequest.HttpClientRequest,
+  schema: Schema.Schema<A, I>
+): Effect.Effect<{ readonly value: A; readonly response: HttpClientResponse.HttpClientResponse }, UpstreamError, HttpClient.HttpClient> =>
+  Effect.gen(function*() {
+    const client = yield* HttpClient.HttpClient
+    const policy = yield* RetryPolicy
+    const fail = (kind: UpstreamError["kind"], detail: string, status: number | null = null) =>
+      new UpstreamError({ kind, operation, status, detail, retryAfterMs: null })
+    const response = yield* client.execute(request).pipe(
+      Effect.mapError(() => fail("connection", "could not reach the upstream")),
+      Effect.timeoutFail({
+        duration: policy.requestTimeout,
+        onTimeout: () => fail("timeout", `no answer within ${Duration.format(policy.requestTimeout)}`)
+      })
+    )
+    const body = yield* response.text.pipe(
+      Effect.mapError(() => fail("connection", "the connection broke while reading the response", response.status)),
+      Effect.timeoutFail({
+        duration: policy.requestTimeout,
+        onTimeout: () => fail("timeout", "the response body did not arrive in time", response.status)
+      })
+    )
+    if (response.status < 200 || response.status >= 300) {
+      const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+      return yield* Effect.fail(classifyStatus(operation, response.status, response.headers, body, now))
+    }
+    const json = yield* Effect.try({
+      try: (): unknown => JSON.parse(body),
+      catch: () => fail("malformed", "response body is not JSON", response.status)
+    })
+    const value = yield* Schema.decodeUnknown(schema)(json).pipe(
+      Effect.mapError((error) => fail("malformed", describeParseError(error), response.status))
+    )
+    return { value, response }
+  })
+
+/** `exchange` under the retry policy: what sources call. */
+export const call = <A, I>(
+  operation: string,
+  request: HttpClientRequest.HttpClientRequest,
+  schema: Schema.Schema<A, I>
+): Effect.Effect<A, UpstreamError, HttpClient.HttpClient> =>
+  Effect.map(withRetry(exchange(operation, request, schema)), (result) => result.value)
+
+/** Joins a base URL and a path without doubling or dropping slashes. */
+export const joinUrl = (base: string, path: string): string => `${base.replace(/\/+$/, "")}/${path.replace(/^\/+/, "")}`
+
