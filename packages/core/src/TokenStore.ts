@@ -1,0 +1,431 @@
+/**
+ * The store: accounts, their tokens and token state, and the append-only audit log, in
+ * SQLite (SPEC §4.1). Tokens and source configurations (which hold passwords, client
+ * secrets and refresh tokens) are encrypted with the keyring, bound to their row. Every
+ * change is written together with its audit records in one transaction that takes the
+ * write lock first, so two processes sharing the file never see `SQLITE_BUSY` and an
+ * acknowledged change always has its audit trail.
+ */
+import { Migrator, SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql"
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import { Config, Context, Effect, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Account, SourceConfig } from "./Account.js"
+import type { AccountId } from "./Account.js"
+import * as Crypto from "./Crypto.js"
+import { AccountExists, StoreError } from "./Errors.js"
+import { TokenEvent } from "./Events.js"
+import { migrations } from "./internal/migrations.js"
+import { LastError, RateLimit } from "./Token.js"
+import type { TokenOrigin, TokenState } from "./Token.js"
+
+export interface StoredAccount {
+  readonly account: Account
+  readonly state: TokenState
+}
+
+export interface AuditQuery {
+  readonly accountId?: string | undefined
+  readonly limit?: number | undefined
+  /** Entries with an id below this one (paging backwards). */
+  readonly before?: number | undefined
+}
+
+export class AuditEntry extends Schema.Class<AuditEntry>("@tessera/core/AuditEntry")({
+  id: Schema.Number,
+  ...TokenEvent.fields
+}) {}
+
+export type CryptoError = Crypto.DecryptionFailed | Crypto.UnknownEncryptionKey
+
+export interface TokenStoreService {
+  readonly loadAll: Effect.Effect<ReadonlyArray<StoredAccount>, StoreError | CryptoError>
+  readonly load: (id: AccountId) => Effect.Effect<Option.Option<StoredAccount>, StoreError | CryptoError>
+  readonly addAccount: (
+    account: Account,
+    state: TokenState,
+    events: ReadonlyArray<TokenEvent>
+  ) => Effect.Effect<void, AccountExists | StoreError>
+  /** Adds many accounts in one transaction: all or none. */
+  readonly importAccounts: (
+    entries: ReadonlyArray<StoredAccount>,
+    events?: ReadonlyArray<TokenEvent>
+  ) => Effect.Effect<void, AccountExists | StoreError>
+  /** Removes an account and its token; the audit log keeps its history. */
+  readonly removeAccount: (id: AccountId, events: ReadonlyArray<TokenEvent>) => Effect.Effect<boolean, StoreError>
+  /** Writes an account's whole token state, a new source configuration if given, and the events. */
+  readonly saveState: (
+    id: AccountId,
+    state: TokenState,
+    events: ReadonlyArray<TokenEvent>,
+    source?: SourceConfig
+  ) => Effect.Effect<void, StoreError>
+  readonly appendAudit: (events: ReadonlyArray<TokenEvent>) => Effect.Effect<void, StoreError>
+  readonly audit: (query: AuditQuery) => Effect.Effect<ReadonlyArray<AuditEntry>, StoreError>
+  /** Whether the database answers: for health checks. */
+  readonly ping: Effect.Effect<void, StoreError>
+}
+
+export class TokenStore extends Context.Tag("@tessera/core/TokenStore")<TokenStore, TokenStoreService>() {}
+
+const storeError = (operation: string) => (error: SqlError.SqlError): StoreError => {
+  const cause = error.cause
+  const detail = cause instanceof Error ? cause.message : error.message
+  return new StoreError({ operation, detail })
+}
+
+const tokenAad = (id: string) => Crypto.associatedData("token_state", id, "token")
+const sourceAad = (id: string) => Crypto.associatedData("accounts", id, "source")
+const KEY_CHECK_AAD = Crypto.associatedData("meta", "key_check", "value")
+const KEY_CHECK_TEXT = "tessera key check"
+
+const encodeSource = Schema.encodeSync(Schema.parseJson(SourceConfig))
+const decodeSource = Schema.decodeUnknownSync(Schema.parseJson(SourceConfig))
+
+interface AccountRow {
+  readonly account_id: string
+  readonly provider: string
+  readonly pool: string
+  readonly source_enc: Uint8Array
+  readonly label: string | null
+  readonly created_at: number
+  readonly token_enc: Uint8Array | null
+  readonly expires_at: number | null
+  readonly issued_at: number | null
+  readonly origin: string | null
+  readonly invalid_reason: string | null
+  readonly invalid_at: number | null
+  readonly last_error_code: string | null
+  readonly last_error_message: string | null
+  readonly last_error_at: number | null
+  readonly last_refreshed_at: number | null
+  readonly last_used_at: number | null
+  readonly username: string | null
+  readonly rl_limit: number | null
+  readonly rl_remaining: number | null
+  readonly rl_reset_at: number | null
+  readonly rl_resource: string | null
+  readonly rl_limited: number | null
+}
+
+const opt = <A>(value: A | null | undefined): Option.Option<A> => Option.fromNullable(value)
+const orUndefined = <A>(value: A | null): A | undefined => value === null ? undefined : value
+
+const rowToRateLimit = (row: AccountRow): Option.Option<RateLimit> =>
+  row.rl_limit === null && row.rl_remaining === null && row.rl_reset_at === null && !row.rl_limited
+    ? Option.none()
+    : Option.some(
+      new RateLimit({
+        limit: orUndefined(row.rl_limit),
+        remaining: orUndefined(row.rl_remaining),
+        resetAt: orUndefined(row.rl_reset_at),
+        resource: orUndefined(row.rl_resource),
+        limited: row.rl_limited === 1
+      })
+    )
+
+const stateColumns = (state: TokenState) => {
+  const token = Option.getOrUndefined(state.token)
+  const rl = Option.getOrUndefined(state.rateLimit)
+  const error = Option.getOrUndefined(state.lastError)
+  const invalid = Option.getOrUndefined(state.invalid)
+  return {
+    expires_at: token ? Option.getOrNull(token.expiresAt) : null,
+    issued_at: token?.issuedAt ?? null,
+    origin: token?.origin ?? null,
+    invalid_reason: invalid?.reason ?? null,
+    invalid_at: invalid?.at ?? null,
+    last_error_code: error?.code ?? null,
+    last_error_message: error?.message ?? null,
+    last_error_at: error?.at ?? null,
+    last_refreshed_at: Option.getOrNull(state.lastRefreshedAt),
+    last_used_at: Option.getOrNull(state.lastUsedAt),
+    username: Option.getOrNull(state.username),
+    rl_limit: rl?.limit ?? null,
+    rl_remaining: rl?.remaining ?? null,
+    rl_reset_at: rl?.resetAt ?? null,
+    rl_resource: rl?.resource ?? null,
+    rl_limited: rl?.limited ? 1 : 0
+  }
+}
+
+const eventRow = (event: TokenEvent) => ({
+  at: event.at,
+  actor: event.actor,
+  type: event.type,
+  account_id: event.accountId,
+  outcome: event.outcome,
+  detail: event.detail,
+  data: JSON.stringify(event.data)
+})
+
+const decodeAuditRow = Schema.decodeUnknownSync(AuditEntry)
+
+/** The SQLite store. Requires a `SqlClient` for SQLite and the keyring. */
+export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, SqlClient.SqlClient | Crypto.Keyring> =
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const keyring = yield* Crypto.Keyring
+
+    // A read-then-write transaction must own the write lock from its first statement:
+    // a deferred transaction that reads first fails with SQLITE_BUSY_SNAPSHOT when another
+    // process writes in between, and no busy timeout helps. The client always says plain
+    // BEGIN, so the first statement is a write to a lock row: `BEGIN IMMEDIATE` semantics.
+    const writeLock = sql`UPDATE meta SET value = value WHERE key = 'write_lock'`
+    const immediate = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      sql.withTransaction(Effect.zipRight(writeLock, effect))
+
+    yield* sql`PRAGMA busy_timeout = 15000`.pipe(Effect.mapError(storeError("open")))
+    yield* sql`PRAGMA foreign_keys = ON`.pipe(Effect.mapError(storeError("open")))
+    yield* sql`PRAGMA synchronous = FULL`.pipe(Effect.mapError(storeError("open")))
+    yield* sql`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)`.pipe(
+      Effect.zipRight(sql`INSERT INTO meta (key, value) VALUES ('write_lock', 0) ON CONFLICT (key) DO NOTHING`),
+      Effect.mapError(storeError("open"))
+    )
+    yield* immediate(Migrator.make({})({ loader: Migrator.fromRecord(migrations) })).pipe(
+      Effect.mapError((error) =>
+        error._tag === "SqlError" ? storeError("migrate")(error) : new StoreError({ operation: "migrate", detail: error.message })
+      )
+    )
+
+    // A wrong key is a startup error, never garbage later: the database remembers a value
+    // encrypted under the key it was first opened with.
+    const keyCheck = yield* immediate(Effect.gen(function*() {
+      const rows = yield* sql<{ value: Uint8Array }>`SELECT value FROM meta WHERE key = 'key_check'`
+      if (rows.length > 0) return Option.some(rows[0].value)
+      const blob = yield* keyring.encrypt(Redacted.make(KEY_CHECK_TEXT), KEY_CHECK_AAD)
+      yield* sql`INSERT INTO meta (key, value) VALUES ('key_check', ${blob})`
+      return Option.none<Uint8Array>()
+    })).pipe(Effect.mapError(storeError("open")))
+    if (Option.isSome(keyCheck)) yield* keyring.decrypt(keyCheck.value, KEY_CHECK_AAD)
+
+    const decodeRow = (row: AccountRow): Effect.Effect<StoredAccount, CryptoError> =>
+      Effect.gen(function*() {
+        const sourceJson = yield* keyring.decrypt(row.source_enc, sourceAad(row.account_id))
+        const account = new Account({
+          id: row.account_id as AccountId,
+          provider: row.provider,
+          pool: row.pool,
+          source: decodeSource(Redacted.value(sourceJson)),
+          label: orUndefined(row.label),
+          createdAt: row.created_at
+        })
+        const token = row.token_enc === null
+          ? Option.none()
+          : Option.some({
+            token: yield* keyring.decrypt(row.token_enc, tokenAad(row.account_id)),
+            expiresAt: opt(row.expires_at),
+            issuedAt: row.issued_at ?? row.created_at,
+            origin: (row.origin ?? "restored") as TokenOrigin
+          })
+        const state: TokenState = {
+          token,
+          invalid: row.invalid_reason === null
+            ? Option.none()
+            : Option.some({ reason: row.invalid_reason, at: row.invalid_at ?? 0 }),
+          rateLimit: rowToRateLimit(row),
+          lastError: row.last_error_code === null
+            ? Option.none()
+            : Option.some(
+              new LastError({
+                code: row.last_error_code,
+                message: row.last_error_message ?? "",
+                at: row.last_error_at ?? 0
+              })
+            ),
+          lastRefreshedAt: opt(row.last_refreshed_at),
+          lastUsedAt: opt(row.last_used_at),
+          username: opt(row.username)
+        }
+        return { account, state }
+      })
+
+    const selectAccounts = `SELECT a.account_id, a.provider, a.pool, a.source_enc, a.label, a.created_at,
+      t.token_enc, t.expires_at, t.issued_at, t.origin, t.invalid_reason, t.invalid_at,
+      t.last_error_code, t.last_error_message, t.last_error_at, t.last_refreshed_at, t.last_used_at,
+      t.username, t.rl_limit, t.rl_remaining, t.rl_reset_at, t.rl_resource, t.rl_limited
+      FROM accounts a LEFT JOIN token_state t ON t.account_id = a.account_id`
+
+    const encryptToken = (id: string, state: TokenState) =>
+      Option.match(state.token, {
+        onNone: () => Effect.succeed(null),
+        onSome: (record) => keyring.encrypt(record.token, tokenAad(id))
+      })
+
+    const insertEvents = (events: ReadonlyArray<TokenEvent>) =>
+      events.length === 0 ? Effect.void : Effect.asVoid(sql`INSERT INTO audit_log ${sql.insert(events.map(eventRow))}`)
+
+    const upsertState = (id: string, state: TokenState, tokenEnc: Uint8Array | null, now: number) => {
+      const row = { account_id: id, token_enc: tokenEnc, ...stateColumns(state), updated_at: now }
+      return sql`INSERT INTO token_state ${sql.insert(row)}
+        ON CONFLICT (account_id) DO UPDATE SET ${sql.update(row, ["account_id"])}, version = token_state.version + 1`
+    }
+
+    const now = Effect.clockWith((clock) => clock.currentTimeMillis)
+
+    const service: TokenStoreService = {
+      loadAll: sql.unsafe<AccountRow>(selectAccounts).pipe(
+        Effect.mapError(storeError("load accounts")),
+        Effect.flatMap((rows) => Effect.forEach(rows, decodeRow))
+      ),
+      load: (id) =>
+        sql.unsafe<AccountRow>(`${selectAccounts} WHERE a.account_id = ?`, [id]).pipe(
+          Effect.mapError(storeError("load account")),
+          Effect.flatMap((rows) =>
+            rows.length === 0 ? Effect.succeedNone : Effect.asSome(decodeRow(rows[0]))
+          )
+        ),
+      addAccount: (account, state, events) =>
+        Effect.gen(function*() {
+          const sourceEnc = yield* keyring.encrypt(
+            Redacted.make(encodeSource(account.source)),
+            sourceAad(account.id)
+          )
+          const tokenEnc = yield* encryptToken(account.id, state)
+          const at = yield* now
+          return yield* immediate(Effect.gen(function*() {
+            const existing = yield* sql`SELECT 1 FROM accounts WHERE account_id = ${account.id}`
+            if (existing.length > 0) return yield* new AccountExists({ accountId: account.id })
+            yield* sql`INSERT INTO accounts ${
+              sql.insert({
+                account_id: account.id,
+                provider: account.provider,
+                pool: account.pool,
+                source_type: account.source._tag,
+                source_enc: sourceEnc,
+                label: account.label ?? null,
+                created_at: account.createdAt
+              })
+            }`
+            yield* upsertState(account.id, state, tokenEnc, at)
+            yield* insertEvents(events)
+          }))
+        }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("add account")(error)))),
+      importAccounts: (entries, events = []) =>
+        Effect.gen(function*() {
+          const at = yield* now
+          const rows = yield* Effect.forEach(entries, ({ account, state }) =>
+            Effect.all({
+              account: Effect.map(
+                keyring.encrypt(Redacted.make(encodeSource(account.source)), sourceAad(account.id)),
+                (sourceEnc) => ({
+                  account_id: account.id,
+                  provider: account.provider,
+                  pool: account.pool,
+                  source_type: account.source._tag,
+                  source_enc: sourceEnc,
+                  label: account.label ?? null,
+                  created_at: account.createdAt
+                })
+              ),
+              state: Effect.map(encryptToken(account.id, state), (tokenEnc) => ({
+                account_id: account.id,
+                token_enc: tokenEnc,
+                ...stateColumns(state),
+                updated_at: at
+              }))
+            }))
+          yield* immediate(Effect.gen(function*() {
+            for (let i = 0; i < rows.length; i += 500) {
+              const chunk = rows.slice(i, i + 500)
+              const ids = chunk.map((row) => row.account.account_id)
+              const existing = yield* sql<{ account_id: string }>`SELECT account_id FROM accounts WHERE ${sql.in("account_id", ids)}`
+              if (existing.length > 0) return yield* new AccountExists({ accountId: existing[0]!.account_id })
+              yield* sql`INSERT INTO accounts ${sql.insert(chunk.map((row) => row.account))}`
+              yield* sql`INSERT INTO token_state ${sql.insert(chunk.map((row) => row.state))}`
+            }
+            yield* insertEvents(events)
+          }))
+        }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("import accounts")(error)))),
+      removeAccount: (id, events) =>
+        immediate(Effect.gen(function*() {
+          const existing = yield* sql`SELECT 1 FROM accounts WHERE account_id = ${id}`
+          if (existing.length === 0) return false
+          yield* sql`DELETE FROM accounts WHERE account_id = ${id}`
+          yield* insertEvents(events)
+          return true
+        })).pipe(Effect.mapError(storeError("remove account"))),
+      saveState: (id, state, events, source) =>
+        Effect.gen(function*() {
+          const tokenEnc = yield* encryptToken(id, state)
+          const sourceEnc = source === undefined
+            ? undefined
+            : yield* keyring.encrypt(Redacted.make(encodeSource(source)), sourceAad(id))
+          const at = yield* now
+          yield* immediate(Effect.gen(function*() {
+            if (sourceEnc !== undefined) {
+              yield* sql`UPDATE accounts SET source_enc = ${sourceEnc} WHERE account_id = ${id}`
+            }
+            yield* upsertState(id, state, tokenEnc, at)
+            yield* insertEvents(events)
+          }))
+        }).pipe(Effect.mapError(storeError("save token state"))),
+      appendAudit: (events) => insertEvents(events).pipe(Effect.mapError(storeError("append audit"))),
+      audit: (query) =>
+        Effect.gen(function*() {
+          const limit = Math.min(Math.max(query.limit ?? 100, 1), 10_000)
+          const conditions = [
+            ...(query.accountId === undefined ? [] : [sql`account_id = ${query.accountId}`]),
+            ...(query.before === undefined ? [] : [sql`id < ${query.before}`])
+          ]
+          const rows = yield* sql<Record<string, unknown>>`SELECT id, at, actor, type, account_id, outcome, detail, data
+            FROM audit_log WHERE ${sql.and(conditions)} ORDER BY id DESC LIMIT ${limit}`
+          return rows.map((row) =>
+            decodeAuditRow({
+              id: row["id"],
+              at: row["at"],
+              actor: row["actor"],
+              type: row["type"],
+              accountId: row["account_id"],
+              outcome: row["outcome"],
+              detail: row["detail"],
+              data: JSON.parse(String(row["data"]))
+            })
+          )
+        }).pipe(Effect.mapError(storeError("read audit"))),
+      ping: sql`SELECT 1`.pipe(Effect.asVoid, Effect.mapError(storeError("ping")))
+    }
+    return service
+  })
+
+export const layer: Layer.Layer<TokenStore, StoreError | CryptoError, SqlClient.SqlClient | Crypto.Keyring> = Layer
+  .effect(TokenStore, make)
+
+/** SQLite on a file (created with its directory), in WAL mode. */
+export const layerSqlite = (filename: string): Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> =>
+  layer.pipe(
+    Layer.provide(
+      Layer.unwrapEffect(
+        Effect.sync(() => {
+          if (filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(filename)), { recursive: true })
+          return SqliteClient.layer({ filename })
+        })
+      )
+    ),
+    Layer.catchAll((error) =>
+      Layer.fail(
+        error._tag === "StoreError" || error._tag === "DecryptionFailed" || error._tag === "UnknownEncryptionKey"
+          ? error
+          : new StoreError({ operation: "open", detail: String(error) })
+      )
+    )
+  )
+
+/** An in-memory SQLite store: for tests and embedding apps that keep nothing. */
+export const layerMemory: Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> = layerSqlite(":memory:")
+
+/** The database file from `TESSERA_DB` (default `./data/tessera.db`). */
+export const dbPathConfig: Config.Config<string> = Config.string("TESSERA_DB").pipe(Config.withDefault("./data/tessera.db"))
+
+export const layerConfig: Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> = Layer.unwrapEffect(
+  Effect.map(Effect.orDie(dbPathConfig), layerSqlite)
+)
+
+/** Retries an effect that failed because the database was busy beyond the busy timeout. */
+export const retryBusy = <A, R>(effect: Effect.Effect<A, StoreError, R>): Effect.Effect<A, StoreError, R> =>
+  Effect.retry(effect, {
+    schedule: Schedule.exponential("20 millis").pipe(Schedule.intersect(Schedule.recurs(5))),
+    while: (error) => error.detail.includes("SQLITE_BUSY") || error.detail.includes("database is locked")
+  })
