@@ -1,0 +1,655 @@
+/**
+ * The token lifecycle (SPEC §2): every account is an actor that keeps its token alive.
+ * `get` hands out a token that is valid beyond the refresh window, renewing it first when
+ * needed; renewals are single-flight per account, so any number of concurrent callers (and
+ * the scheduler) cause one upstream call and share its result. A scheduler refreshes tokens
+ * proactively at expiry minus the window; accounts whose fetch fails are retried in the
+ * background with backoff; an optional cron refreshes every account daily. State changes
+ * are written to the store with their audit records before they take effect in memory, and
+ * then published as events.
+ */
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, HashMap, Layer, Option, Redacted, Ref, Schedule } from "effect"
+import { Account, NewAccount, sourceKind } from "./Account.js"
+import type { AccountId, SourceConfig } from "./Account.js"
+import {
+  AccountNotFound,
+  isRetryable,
+  OperationUnsupported,
+  TokenRejected,
+  TokenUnavailable,
+  UpstreamError
+} from "./Errors.js"
+import type { AccountExists, StoreError } from "./Errors.js"
+import * as Events from "./Events.js"
+import * as Scheduler from "./internal/scheduler.js"
+import * as SingleFlight from "./internal/singleFlight.js"
+import { Settings } from "./Settings.js"
+import { Drivers, isWellFormedToken } from "./Source.js"
+import type { TokenSource, Validation } from "./Source.js"
+import * as Token from "./Token.js"
+import type { Issued, Lease, TokenInfo, TokenOrigin, TokenRecord, TokenState } from "./Token.js"
+import { TokenStore } from "./TokenStore.js"
+import { RetryPolicy } from "./Upstream.js"
+
+export interface ValidationResult {
+  readonly accountId: string
+  readonly valid: boolean
+  readonly checkedAt: number
+  readonly reason: string
+  readonly upstreamStatus: number | null
+}
+
+export interface UpdateOptions {
+  /** Epoch milliseconds; absent for a token without a known expiry. */
+  readonly expiresAt?: number | undefined
+  /** Validate upstream first (default true). */
+  readonly validate?: boolean | undefined
+}
+
+export interface RefreshSummary {
+  readonly refreshed: number
+  readonly failed: number
+  readonly skipped: number
+}
+
+export type RenewError = TokenUnavailable | UpstreamError | OperationUnsupported | StoreError | AccountNotFound
+
+export interface LifecycleService {
+  /** A token valid beyond the refresh window (SPEC §2.2). */
+  readonly get: (id: string) => Effect.Effect<Lease, RenewError>
+  /** Refreshes now, joining a renewal already under way (SPEC §2.4). */
+  readonly refresh: (id: string) => Effect.Effect<TokenInfo, RenewError>
+  /** Replaces the token, validating it upstream unless told not to (SPEC §2.8). */
+  readonly update: (
+    id: string,
+    token: Redacted.Redacted<string>,
+    options?: UpdateOptions
+  ) => Effect.Effect<TokenInfo, AccountNotFound | TokenRejected | UpstreamError | StoreError>
+  readonly validate: (id: string) => Effect.Effect<ValidationResult, AccountNotFound | TokenUnavailable | UpstreamError | StoreError>
+  /** Forgets the token; the account stays (SPEC §2.10). */
+  readonly clear: (id: string) => Effect.Effect<TokenInfo, AccountNotFound | StoreError>
+  /** A 401 seen for the account's token (SPEC §2.9). `token` names the token it was seen for. */
+  readonly reportUnauthorized: (
+    id: string,
+    report: { readonly reason: string; readonly token?: Redacted.Redacted<string> | undefined }
+  ) => Effect.Effect<TokenInfo, AccountNotFound | StoreError>
+  readonly info: (id: string) => Effect.Effect<TokenInfo, AccountNotFound>
+  readonly list: Effect.Effect<ReadonlyArray<TokenInfo>>
+  readonly account: (id: string) => Effect.Effect<Account, AccountNotFound>
+  readonly accounts: Effect.Effect<ReadonlyArray<Account>>
+  readonly add: (
+    account: NewAccount,
+    token?: { readonly token: Redacted.Redacted<string>; readonly expiresAt?: number | undefined }
+  ) => Effect.Effect<TokenInfo, AccountExists | TokenRejected | StoreError>
+  readonly remove: (id: string) => Effect.Effect<void, AccountNotFound | StoreError>
+  /** Refreshes every account whose source can renew (the daily cron's work). */
+  readonly refreshAll: Effect.Effect<RefreshSummary>
+  /** Completes when every startup fetch has had its first attempt. */
+  readonly awaitStartup: Effect.Effect<void>
+}
+
+export class Lifecycle extends Context.Tag("@tessera/core/Lifecycle")<Lifecycle, LifecycleService>() {}
+
+interface Actor {
+  readonly id: AccountId
+  readonly account: Ref.Ref<Account>
+  readonly state: Ref.Ref<TokenState>
+  /** Serializes commits of this account's state. */
+  readonly lock: Effect.Semaphore
+  readonly flight: SingleFlight.SingleFlight<TokenRecord, RenewError>
+  /** Set at startup for an account whose first fetch is still to come: its token's origin is `startup`. */
+  readonly startup: Ref.Ref<boolean>
+}
+
+type Mode = "ensure" | "force"
+
+const canRenew = (source: TokenSource) => Option.isSome(source.obtain) || Option.isSome(source.refresh)
+
+const lastError = (error: RenewError, at: number) =>
+  new Token.LastError({ code: error._tag === "UpstreamError" ? error.kind : error._tag, message: error.message, at })
+
+const expiryDetail = (expiresAt: Option.Option<number>) =>
+  Option.match(expiresAt, { onNone: () => "no expiry", onSome: (at) => `expires ${new Date(at).toISOString()}` })
+
+export const make = Effect.gen(function*() {
+  const store = yield* TokenStore
+  const drivers = yield* Drivers
+  const events = yield* Events.Events
+  const settings = yield* Settings
+  const policy = yield* RetryPolicy
+  const windowMs = Duration.toMillis(settings.refreshWindow)
+  const flights = yield* FiberSet.make()
+  const background = yield* FiberMap.make<string>()
+  const upstreamPermits = yield* Effect.makeSemaphore(settings.concurrency)
+  const actors = yield* Ref.make(HashMap.empty<string, Actor>())
+
+  const now = Clock.currentTimeMillis
+  // Upstream calls run in callers' fibers: give them the policy this lifecycle was built with.
+  const withPolicy = <A, E>(effect: Effect.Effect<A, E>) => Effect.provideService(effect, RetryPolicy, policy)
+
+  const lookup = (id: string): Effect.Effect<Actor, AccountNotFound> =>
+    Effect.flatMap(Ref.get(actors), (map) =>
+      Option.match(HashMap.get(map, id), {
+        onNone: () => Effect.fail(new AccountNotFound({ accountId: id })),
+        onSome: Effect.succeed
+      }))
+
+  const infoOf = (actor: Actor) =>
+    Effect.all([Ref.get(actor.account), Ref.get(actor.state), now]).pipe(
+      Effect.map(([account, state, at]) => Token.info(account, state, at))
+    )
+
+  /**
+   * Writes a new state (and source, for a rotated credential) with its events, then makes it
+   * current and publishes the events. The store comes first: if it fails, nothing changed.
+   */
+  const commit = (
+    actor: Actor,
+    state: TokenState,
+    evts: ReadonlyArray<Events.TokenEvent>,
+    source?: SourceConfig
+  ) =>
+    Effect.gen(function*() {
+      yield* store.saveState(actor.id, state, evts, source)
+      yield* Ref.set(actor.state, state)
+      if (source !== undefined) yield* Ref.update(actor.account, (account) => new Account({ ...account, source }))
+      yield* events.publishAll(evts)
+      yield* scheduleNext(actor)
+    })
+
+  const event = (actor: Actor, type: Events.EventType, fields: Omit<Parameters<typeof Events.make>[0], "type" | "accountId"> = {}) =>
+    Events.make({ type, accountId: actor.id, ...fields })
+
+  // --- scheduling -------------------------------------------------------------------
+
+  /** When the account next needs attention: refresh time for renewable tokens, expiry for others. */
+  const nextDue = (actor: Actor) =>
+    Effect.gen(function*() {
+      const state = yield* Ref.get(actor.state)
+      const account = yield* Ref.get(actor.account)
+      if (Option.isSome(state.invalid)) return Option.none<number>()
+      const expiresAt = Option.flatMap(state.token, (record) => record.expiresAt)
+      if (Option.isNone(expiresAt)) return Option.none<number>()
+      const source = yield* Effect.option(drivers.source(account))
+      const renewable = Option.exists(source, canRenew)
+      return Option.some(renewable ? expiresAt.value - windowMs : expiresAt.value)
+    })
+
+  const scheduleNext = (actor: Actor): Effect.Effect<void> =>
+    Effect.flatMap(nextDue(actor), (due) =>
+      Option.match(due, {
+        onNone: () => scheduler.cancel(actor.id),
+        onSome: (at) => scheduler.schedule(actor.id, at)
+      }))
+
+  // --- renewal ------------------------------------------------------------------------
+
+  /** Checks what a source issued: a bad token is never stored. */
+  const checkIssued = (issued: Issued, operation: string, at: number): Effect.Effect<Issued, UpstreamError> => {
+    const malformed = (detail: string) =>
+      Effect.fail(new UpstreamError({ kind: "malformed", operation, status: null, detail, retryAfterMs: null }))
+    if (!isWellFormedToken(issued.token)) return malformed("the upstream issued an empty or malformed token")
+    if (Option.isSome(issued.expiresAt)) {
+      const expiresAt = issued.expiresAt.value
+      if (!Number.isFinite(expiresAt)) return malformed("the upstream gave an unreadable expiry")
+      if (expiresAt <= at) return malformed("the upstream issued a token that has already expired")
+    }
+    return Effect.succeed(issued)
+  }
+
+  /**
+   * Renews the token: the work of one flight. In `ensure` mode a token still valid beyond the
+   * window is returned as is (another caller's flight may have just renewed it).
+   */
+  const renew = (actor: Actor, mode: Mode): Effect.Effect<TokenRecord, RenewError> =>
+    Effect.gen(function*() {
+      const start = yield* now
+      const state = yield* Ref.get(actor.state)
+      const account = yield* Ref.get(actor.account)
+      const status = Token.status(state, start)
+      if (mode === "ensure" && Option.isSome(state.invalid)) {
+        return yield* new TokenUnavailable({ accountId: actor.id, status, reason: state.invalid.value.reason })
+      }
+      const need = Token.need(state, start, windowMs)
+      if (mode === "ensure" && need === "use") return Option.getOrThrow(state.token)
+      const source = yield* drivers.source(account)
+      const current = state.token
+      const stillValid = Option.isSome(current) && need !== "obtain"
+      if (!canRenew(source)) {
+        if (mode === "ensure" && stillValid) return current.value
+        return yield* new OperationUnsupported({
+          accountId: actor.id,
+          operation: mode === "force" ? "refresh" : "obtain a token for",
+          reason: Option.isSome(current) && !stillValid
+            ? `its ${sourceKind(account.source)} token has expired and cannot be renewed; update it`
+            : `a ${sourceKind(account.source)} token is handed in, never obtained or refreshed`
+        })
+      }
+
+      const notes: Array<Events.TokenEvent> = []
+      if (status === "expired") notes.push(yield* event(actor, "expired", { detail: "the token expired before it was renewed" }))
+      const obtain = Option.map(source.obtain, (f) => Effect.map(f(account), (issued) => [issued, "obtain"] as const))
+      const attempt: Effect.Effect<readonly [Issued, "obtain" | "refresh"], RenewError> =
+        stillValid && Option.isSome(source.refresh)
+          ? source.refresh.value(account, current.value.token).pipe(
+            Effect.map((issued) => [issued, "refresh"] as const),
+            Effect.flatMap(([issued, how]) => Effect.as(checkIssued(issued, "refresh", start), [issued, how] as const)),
+            Effect.catchAll((error) =>
+              Option.match(obtain, {
+                onNone: () => Effect.fail(error),
+                onSome: (fallback) =>
+                  // SPEC §2.3: a failed refresh of a still-valid token falls back to obtain.
+                  Effect.flatMap(
+                    event(actor, "refresh_failed", {
+                      outcome: "failure",
+                      detail: `${error.message}; obtaining a new token instead`
+                    }),
+                    (note) => Effect.zipRight(Effect.sync(() => notes.push(note)), fallback)
+                  )
+              })
+            )
+          )
+          : Option.getOrElse(obtain, () =>
+            Effect.fail(
+              new OperationUnsupported({
+                accountId: actor.id,
+                operation: "obtain a token for",
+                reason: "the source cannot obtain a token and the current one cannot be refreshed"
+              })
+            ))
+
+      const result = yield* upstreamPermits.withPermits(1)(
+        Effect.flatMap(attempt, ([issued, how]) => Effect.as(checkIssued(issued, how, start), [issued, how] as const))
+      ).pipe(withPolicy, Effect.exit)
+
+      return yield* actor.lock.withPermits(1)(Effect.gen(function*() {
+        const at = yield* now
+        const latest = yield* Ref.get(actor.state)
+        if (Exit.isFailure(result)) {
+          const error = Cause.failureOption(result.cause)
+          if (Option.isNone(error)) return yield* Effect.failCause(result.cause)
+          yield* recordFailure(actor, latest, error.value, notes, at)
+          return yield* Effect.fail(error.value)
+        }
+        const [issued, how] = result.value
+        // A manual update or a clear that landed while we were upstream wins.
+        if (Option.getOrUndefined(latest.token) !== Option.getOrUndefined(current) || Option.isSome(latest.invalid) !== Option.isSome(state.invalid)) {
+          return yield* Option.match(latest.token, {
+            onNone: () => Effect.fail(new TokenUnavailable({ accountId: actor.id, status: "missing", reason: "the token was cleared" })),
+            onSome: Effect.succeed
+          })
+        }
+        const startup = yield* Ref.getAndSet(actor.startup, false)
+        const origin: TokenOrigin = startup && how === "obtain" ? "startup" : how
+        const record: TokenRecord = { token: issued.token, expiresAt: issued.expiresAt, issuedAt: at, origin }
+        const next: TokenState = {
+          ...latest,
+          token: Option.some(record),
+          invalid: Option.none(),
+          lastError: Option.none(),
+          rateLimit: Option.none(),
+          lastRefreshedAt: Option.some(at),
+          username: issued.username === undefined ? latest.username : Option.some(issued.username)
+        }
+        const account = yield* Ref.get(actor.account)
+        const rotated: SourceConfig | undefined = issued.refreshToken !== undefined && account.source._tag === "oauth2"
+          ? { ...account.source, refreshToken: issued.refreshToken } as SourceConfig
+          : undefined
+        const done = yield* event(actor, how === "obtain" ? "obtained" : "refreshed", {
+          detail: expiryDetail(issued.expiresAt),
+          data: { origin }
+        })
+        yield* commit(actor, next, [...notes, done], rotated)
+        return record
+      }))
+    })
+
+  /**
+   * Records a failed renewal: the last error, and an invalid mark when the upstream refused the
+   * account's credentials outright (retrying those would only lock the account).
+   */
+  const recordFailure = (
+    actor: Actor,
+    state: TokenState,
+    error: RenewError,
+    notes: ReadonlyArray<Events.TokenEvent>,
+    at: number
+  ) =>
+    Effect.gen(function*() {
+      const refused = error._tag === "UpstreamError" && error.kind === "unauthorized" && Option.isNone(state.token)
+      const failed = yield* event(actor, "refresh_failed", { outcome: "failure", detail: error.message })
+      const invalidated = refused
+        ? [yield* event(actor, "invalidated", { outcome: "failure", detail: `credentials refused: ${error.detail}` })]
+        : []
+      const next: TokenState = {
+        ...state,
+        lastError: Option.some(lastError(error, at)),
+        invalid: refused ? Option.some({ reason: `credentials refused: ${error.detail}`, at }) : state.invalid
+      }
+      // The failure is what the caller hears about; a store that also fails must not mask it.
+      yield* commit(actor, next, [...notes, failed, ...invalidated]).pipe(
+        Effect.catchAll((storeError) =>
+          Effect.zipRight(
+            Effect.logWarning(`could not record a failed renewal of '${actor.id}': ${storeError.message}`),
+            Ref.set(actor.state, next)
+          )
+        )
+      )
+    })
+
+  const renewOnce = (actor: Actor, mode: Mode) => actor.flight.run(renew(actor, mode))
+
+  /** Background retries for an account whose fetch failed: forever, with backoff, until it works. */
+  const backgroundSchedule = Schedule.exponential(policy.baseDelay).pipe(
+    Schedule.jittered,
+    Schedule.modifyDelay((_, delay) => Duration.min(delay, settings.backgroundRetryMax)),
+    Schedule.whileInput((error: RenewError) =>
+      (error._tag === "UpstreamError" && (isRetryable(error) || error.kind === "rejected" || error.kind === "malformed")) ||
+      error._tag === "StoreError"
+    )
+  )
+
+  /** Keeps the account's token fresh without a caller: what the scheduler runs when it is due. */
+  const keepFresh = (actor: Actor) =>
+    Effect.gen(function*() {
+      const account = yield* Ref.get(actor.account)
+      const source = yield* Effect.option(drivers.source(account))
+      if (!Option.exists(source, canRenew)) {
+        // Nothing can renew it: say once that it expired.
+        const at = yield* now
+        const state = yield* Ref.get(actor.state)
+        if (Token.status(state, at) === "expired") {
+          const expired = yield* event(actor, "expired", { detail: "the token expired and its source cannot renew it" })
+          yield* store.appendAudit([expired]).pipe(Effect.zipRight(events.publish(expired)), Effect.ignore)
+        }
+        return
+      }
+      yield* renewOnce(actor, "ensure").pipe(Effect.retry(backgroundSchedule), Effect.ignore)
+    }).pipe(Events.withActor("scheduler"))
+
+  const runInBackground = (actor: Actor) =>
+    FiberMap.run(background, actor.id, keepFresh(actor), { onlyIfMissing: true }).pipe(Effect.asVoid)
+
+  const scheduler = yield* Scheduler.make<string>(
+    (id) => Effect.flatMap(Effect.option(lookup(id)), Option.match({ onNone: () => Effect.void, onSome: runInBackground })),
+    { concurrency: 1024 }
+  )
+
+  // --- actors -------------------------------------------------------------------------
+
+  const makeActor = (account: Account, state: TokenState, startup: boolean) =>
+    Effect.gen(function*() {
+      const id = account.id
+      const actor: Actor = {
+        id,
+        account: yield* Ref.make(account),
+        state: yield* Ref.make(state),
+        lock: yield* Effect.makeSemaphore(1),
+        flight: yield* SingleFlight.make<TokenRecord, RenewError>(
+          flights,
+          () => new TokenUnavailable({ accountId: id, status: "missing", reason: "the renewal was cancelled" })
+        ),
+        startup: yield* Ref.make(startup)
+      }
+      return actor
+    })
+
+  const getLease = (actor: Actor) =>
+    Effect.gen(function*() {
+      const at = yield* now
+      const state = yield* Ref.get(actor.state)
+      if (Option.isSome(state.invalid)) {
+        return yield* new TokenUnavailable({ accountId: actor.id, status: "invalid", reason: state.invalid.value.reason })
+      }
+      const record = Token.need(state, at, windowMs) === "use"
+        ? Option.getOrThrow(state.token)
+        : yield* renewOnce(actor, "ensure")
+      const used = yield* now
+      const latest = yield* Ref.updateAndGet(actor.state, (s) => ({ ...s, lastUsedAt: Option.some(used) }))
+      return { accountId: actor.id, token: record.token, expiresAt: record.expiresAt, rateLimit: latest.rateLimit } satisfies Lease
+    })
+
+  const invalidate = (actor: Actor, reason: string) =>
+    actor.lock.withPermits(1)(Effect.gen(function*() {
+      const at = yield* now
+      const state = yield* Ref.get(actor.state)
+      const invalidated = yield* event(actor, "invalidated", { outcome: "failure", detail: reason })
+      yield* commit(actor, { ...state, invalid: Option.some({ reason, at }) }, [invalidated])
+    }))
+
+  const validateWith = (actor: Actor, token: Redacted.Redacted<string>): Effect.Effect<Validation, UpstreamError> =>
+    Effect.flatMap(Ref.get(actor.account), (account) => drivers.provider(account).validate(token, account)).pipe(withPolicy)
+
+  const service: LifecycleService = {
+    get: (id) => Effect.flatMap(lookup(id), getLease),
+
+    refresh: (id) =>
+      Effect.flatMap(lookup(id), (actor) => Effect.zipRight(renewOnce(actor, "force"), infoOf(actor))),
+
+    update: (id, token, options = {}) =>
+      Effect.gen(function*() {
+        const actor = yield* lookup(id)
+        const at = yield* now
+        const reject = (reason: string, upstreamStatus: number | null = null) =>
+          new TokenRejected({ accountId: id, reason, upstreamStatus })
+        if (!isWellFormedToken(token)) return yield* reject("the token is empty or contains spaces or control characters")
+        if (options.expiresAt !== undefined && (!Number.isFinite(options.expiresAt) || options.expiresAt <= at)) {
+          return yield* reject("expires_at must be a time in the future")
+        }
+        let username = Option.none<string>()
+        if (options.validate !== false) {
+          const validation = yield* validateWith(actor, token)
+          if (!validation.valid) {
+            const rejected = yield* event(actor, "updated", { outcome: "failure", detail: `rejected upstream: ${validation.reason}` })
+            yield* store.appendAudit([rejected]).pipe(Effect.zipRight(events.publish(rejected)))
+            return yield* reject(validation.reason, validation.upstreamStatus)
+          }
+          username = Option.fromNullable(validation.username)
+        }
+        return yield* actor.lock.withPermits(1)(Effect.gen(function*() {
+          const state = yield* Ref.get(actor.state)
+          const expiresAt = Option.fromNullable(options.expiresAt)
+          const record: TokenRecord = { token, expiresAt, issuedAt: at, origin: "manual" }
+          const updated = yield* event(actor, "updated", {
+            detail: `${expiryDetail(expiresAt)}${options.validate === false ? ", not validated" : ", validated upstream"}`
+          })
+          yield* commit(actor, {
+            ...state,
+            token: Option.some(record),
+            invalid: Option.none(),
+            lastError: Option.none(),
+            rateLimit: Option.none(),
+            username: Option.orElse(username, () => state.username)
+          }, [updated])
+          return yield* infoOf(actor)
+        }))
+      }),
+
+    validate: (id) =>
+      Effect.gen(function*() {
+        const actor = yield* lookup(id)
+        const state = yield* Ref.get(actor.state)
+        const at = yield* now
+        if (Option.isNone(state.token)) {
+          return yield* new TokenUnavailable({ accountId: id, status: Token.status(state, at), reason: "there is no token to validate" })
+        }
+        const record = state.token.value
+        const validation = yield* validateWith(actor, record.token)
+        const checkedAt = yield* now
+        yield* actor.lock.withPermits(1)(Effect.gen(function*() {
+          const latest = yield* Ref.get(actor.state)
+          if (Option.getOrUndefined(latest.token) !== record) return
+          const validated = yield* event(actor, "validated", {
+            outcome: validation.valid ? "success" : "failure",
+            detail: validation.reason,
+            data: { valid: validation.valid, upstream_status: validation.upstreamStatus }
+          })
+          yield* commit(actor, {
+            ...latest,
+            // A token that validates again is back in rotation (SPEC §3.4).
+            invalid: validation.valid ? Option.none() : latest.invalid,
+            username: validation.username === undefined ? latest.username : Option.some(validation.username),
+            rateLimit: validation.rateLimit === undefined ? latest.rateLimit : Option.some(validation.rateLimit)
+          }, [validated])
+        }))
+        if (!validation.valid) yield* service.reportUnauthorized(id, { reason: validation.reason, token: record.token })
+        return { accountId: id, valid: validation.valid, checkedAt, reason: validation.reason, upstreamStatus: validation.upstreamStatus }
+      }),
+
+    clear: (id) =>
+      Effect.gen(function*() {
+        const actor = yield* lookup(id)
+        yield* actor.flight.interrupt
+        return yield* actor.lock.withPermits(1)(Effect.gen(function*() {
+          const state = yield* Ref.get(actor.state)
+          const cleared = yield* event(actor, "cleared", { detail: "token forgotten" })
+          yield* commit(actor, { ...Token.emptyState, username: state.username, lastUsedAt: state.lastUsedAt }, [cleared])
+          yield* FiberMap.remove(background, id)
+          return yield* infoOf(actor)
+        }))
+      }),
+
+    reportUnauthorized: (id, report) =>
+      Effect.gen(function*() {
+        const actor = yield* lookup(id)
+        const state = yield* Ref.get(actor.state)
+        const seenFor = report.token
+        const current = Option.getOrUndefined(state.token)
+        // A 401 for a token that has since been replaced says nothing about the new one.
+        if (seenFor !== undefined && (current === undefined || Redacted.value(current.token) !== Redacted.value(seenFor))) {
+          return yield* infoOf(actor)
+        }
+        const account = yield* Ref.get(actor.account)
+        const source = yield* Effect.option(drivers.source(account))
+        if (Option.exists(source, canRenew)) {
+          const renewed = yield* Effect.either(renewOnce(actor, "force"))
+          if (renewed._tag === "Right") return yield* infoOf(actor)
+          yield* invalidate(actor, `${report.reason}; renewal failed: ${renewed.left.message}`)
+        } else {
+          yield* invalidate(actor, report.reason)
+        }
+        return yield* infoOf(actor)
+      }),
+
+    info: (id) => Effect.flatMap(lookup(id), infoOf),
+
+    list: Effect.flatMap(Ref.get(actors), (map) => Effect.forEach(HashMap.values(map), infoOf)),
+
+    account: (id) => Effect.flatMap(lookup(id), (actor) => Ref.get(actor.account)),
+
+    accounts: Effect.flatMap(Ref.get(actors), (map) => Effect.forEach(HashMap.values(map), (actor) => Ref.get(actor.account))),
+
+    add: (input, initial) =>
+      Effect.gen(function*() {
+        const at = yield* now
+        if (initial !== undefined) {
+          const reject = (reason: string) => new TokenRejected({ accountId: input.id, reason, upstreamStatus: null })
+          if (!isWellFormedToken(initial.token)) return yield* reject("the token is empty or contains spaces or control characters")
+          if (initial.expiresAt !== undefined && initial.expiresAt <= at) return yield* reject("expires_at must be a time in the future")
+        }
+        const account = new Account({
+          id: input.id,
+          provider: input.provider,
+          pool: input.pool ?? input.provider,
+          source: input.source,
+          label: input.label,
+          createdAt: at
+        })
+        const state: TokenState = initial === undefined ? Token.emptyState : {
+          ...Token.emptyState,
+          token: Option.some({
+            token: initial.token,
+            expiresAt: Option.fromNullable(initial.expiresAt),
+            issuedAt: at,
+            origin: account.source._tag === "static" ? "static" : "manual"
+          })
+        }
+        const added = yield* Events.make({
+          type: "account_added",
+          accountId: account.id,
+          detail: `${account.provider} account in pool ${account.pool}, ${sourceKind(account.source)} source`
+        })
+        yield* store.addAccount(account, state, [added])
+        const actor = yield* makeActor(account, state, false)
+        yield* Ref.update(actors, HashMap.set(account.id as string, actor))
+        yield* events.publish(added)
+        yield* scheduleNext(actor)
+        return yield* infoOf(actor)
+      }),
+
+    remove: (id) =>
+      Effect.gen(function*() {
+        const actor = yield* lookup(id)
+        const removed = yield* Events.make({ type: "account_removed", accountId: id })
+        yield* actor.lock.withPermits(1)(store.removeAccount(actor.id, [removed]))
+        yield* Ref.update(actors, HashMap.remove(id))
+        yield* scheduler.cancel(id)
+        yield* FiberMap.remove(background, id)
+        yield* actor.flight.interrupt
+        yield* events.publish(removed)
+      }),
+
+    refreshAll: Effect.gen(function*() {
+      const all = HashMap.toValues(yield* Ref.get(actors))
+      const outcomes = yield* Effect.forEach(all, (actor) =>
+        Effect.gen(function*() {
+          const account = yield* Ref.get(actor.account)
+          const source = yield* Effect.option(drivers.source(account))
+          if (!Option.exists(source, canRenew)) return "skipped" as const
+          return yield* renewOnce(actor, "force").pipe(
+            Effect.as("refreshed" as const),
+            Effect.catchAll(() => Effect.zipRight(runInBackground(actor), Effect.succeed("failed" as const)))
+          )
+        }), { concurrency: settings.concurrency })
+      return {
+        refreshed: outcomes.filter((o) => o === "refreshed").length,
+        failed: outcomes.filter((o) => o === "failed").length,
+        skipped: outcomes.filter((o) => o === "skipped").length
+      }
+    }),
+
+    awaitStartup: Effect.void
+  }
+
+  // --- startup (SPEC §2.6) ------------------------------------------------------------
+
+  const stored = yield* store.loadAll
+  const restored = yield* Effect.forEach(stored, ({ account, state }) => {
+    const token = Option.map(state.token, (record): TokenRecord => ({ ...record, origin: "restored" }))
+    return makeActor(account, { ...state, token }, true)
+  })
+  yield* Ref.set(actors, HashMap.fromIterable(restored.map((actor) => [actor.id as string, actor] as const)))
+  const startAt = yield* now
+  const due: Array<Actor> = []
+  for (const actor of restored) {
+    const state = yield* Ref.get(actor.state)
+    const account = yield* Ref.get(actor.account)
+    const source = yield* Effect.option(drivers.source(account))
+    const renewable = Option.exists(source, canRenew)
+    if (renewable && Option.isNone(state.invalid) && Token.need(state, startAt, windowMs) !== "use") due.push(actor)
+    else yield* scheduleNext(actor)
+    if (Option.isSome(state.token)) yield* Ref.set(actor.startup, false)
+  }
+  // Every account that needs a token is fetched at once; the ones that fail keep retrying in
+  // the background while the service runs.
+  const startupFetch = yield* Effect.forEach(due, (actor) =>
+    renewOnce(actor, "ensure").pipe(
+      Effect.catchAll(() => runInBackground(actor)),
+      Events.withActor("scheduler")
+    ), { concurrency: settings.concurrency, discard: true }).pipe(Effect.forkScoped)
+
+  yield* Option.match(settings.refreshCron, {
+    onNone: () => Effect.void,
+    onSome: (cron) =>
+      service.refreshAll.pipe(
+        Events.withActor("scheduler"),
+        Effect.schedule(Schedule.cron(cron)),
+        Effect.forkScoped
+      )
+  })
+
+  return { ...service, awaitStartup: Effect.asVoid(Fiber.await(startupFetch)) } satisfies LifecycleService
+})
+
+/** The lifecycle: needs the store, the drivers and the event hub. */
+export const layer = Layer.scoped(Lifecycle, make)

@@ -1,0 +1,21 @@
+/**
+ * The whole core, wired: the lifecycle over the SQLite store, the keyring, the event hub,
+ * settings and the upstream retry policy, all read from the environment. An application
+ * adds the drivers (`@tessera/providers`) and an `HttpClient`; the server and the CLI are
+ * built on this layer.
+ */
+import { Layer } from "effect"
+import * as Crypto from "./Crypto.js"
+import * as Events from "./Events.js"
+import * as Lifecycle from "./Lifecycle.js"
+import * as Settings from "./Settings.js"
+import * as TokenStore from "./TokenStore.js"
+import * as Upstream from "./Upstream.js"
+
+/** Everything from the environment (`TESSERA_DB`, `TESSERA_ENCRYPTION_KEY`, `API_RETRY_*`, …). */
+export const layerConfig = Lifecycle.layer.pipe(
+  Layer.provideMerge(Events.layer),
+  Layer.provideMerge(TokenStore.layerConfig),
+  Layer.provideMerge(Crypto.layerConfig),
+  Layer.provide(Layer.mergeAll(Settings.layerConfig, Upstream.layerRetryPolicyConfig))
+)
