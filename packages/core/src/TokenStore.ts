@@ -9,7 +9,7 @@
 import { Migrator, SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Config, Context, Effect, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import { Config, Context, Effect, Either, Layer, Option, Redacted, Schedule, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Account, SourceConfig } from "./Account.js"
@@ -19,7 +19,7 @@ import { AccountExists, StoreError } from "./Errors.js"
 import { TokenEvent } from "./Events.js"
 import { migrations } from "./internal/migrations.js"
 import { LastError, RateLimit } from "./Token.js"
-import type { TokenOrigin, TokenState } from "./Token.js"
+import type { TokenOrigin, TokenRecord, TokenState } from "./Token.js"
 
 export interface StoredAccount {
   readonly account: Account
@@ -123,8 +123,22 @@ const rowToRateLimit = (row: AccountRow): Option.Option<RateLimit> =>
         resetAt: orUndefined(row.rl_reset_at),
         resource: orUndefined(row.rl_resource),
         limited: row.rl_limited === 1
-      })
+      }, true)
     )
+
+const rowToState = (row: AccountRow, token: Option.Option<TokenRecord>): TokenState => ({
+  token,
+  invalid: row.invalid_reason === null ? Option.none() : Option.some({ reason: row.invalid_reason, at: row.invalid_at ?? 0 }),
+  rateLimit: rowToRateLimit(row),
+  lastError: row.last_error_code === null
+    ? Option.none()
+    : Option.some(
+      new LastError({ code: row.last_error_code, message: row.last_error_message ?? "", at: row.last_error_at ?? 0 }, true)
+    ),
+  lastRefreshedAt: opt(row.last_refreshed_at),
+  lastUsedAt: opt(row.last_used_at),
+  username: opt(row.username)
+})
 
 const stateColumns = (state: TokenState) => {
   const token = Option.getOrUndefined(state.token)
@@ -201,45 +215,46 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
     })).pipe(Effect.mapError(storeError("open")))
     if (Option.isSome(keyCheck)) yield* keyring.decrypt(keyCheck.value, KEY_CHECK_AAD)
 
-    const decodeRow = (row: AccountRow): Effect.Effect<StoredAccount, CryptoError> =>
-      Effect.gen(function*() {
-        const sourceJson = yield* keyring.decrypt(row.source_enc, sourceAad(row.account_id))
-        const account = new Account({
-          id: row.account_id as AccountId,
-          provider: row.provider,
-          pool: row.pool,
-          source: decodeSource(Redacted.value(sourceJson)),
-          label: orUndefined(row.label),
-          createdAt: row.created_at
-        })
-        const token = row.token_enc === null
-          ? Option.none()
-          : Option.some({
-            token: yield* keyring.decrypt(row.token_enc, tokenAad(row.account_id)),
-            expiresAt: opt(row.expires_at),
-            issuedAt: row.issued_at ?? row.created_at,
-            origin: (row.origin ?? "restored") as TokenOrigin
-          })
-        const state: TokenState = {
-          token,
-          invalid: row.invalid_reason === null
-            ? Option.none()
-            : Option.some({ reason: row.invalid_reason, at: row.invalid_at ?? 0 }),
-          rateLimit: rowToRateLimit(row),
-          lastError: row.last_error_code === null
-            ? Option.none()
-            : Option.some(
-              new LastError({
-                code: row.last_error_code,
-                message: row.last_error_message ?? "",
-                at: row.last_error_at ?? 0
-              })
-            ),
-          lastRefreshedAt: opt(row.last_refreshed_at),
-          lastUsedAt: opt(row.last_used_at),
-          username: opt(row.username)
+    /**
+     * Decodes rows without per-row effects: restoring 100,000 accounts must be quick. Rows were
+     * validated when written, so classes are built without validating again, and identical
+     * source configurations (every `remote` account's, say) are decoded once per load.
+     */
+    const decodeRows = (rows: ReadonlyArray<AccountRow>): Effect.Effect<Array<StoredAccount>, CryptoError> =>
+      Effect.suspend(() => {
+        const sources = new Map<string, SourceConfig>()
+        const out: Array<StoredAccount> = []
+        for (const row of rows) {
+          const sourceJson = keyring.open(row.source_enc, sourceAad(row.account_id))
+          if (Either.isLeft(sourceJson)) return Effect.fail(sourceJson.left)
+          const json = Redacted.value(sourceJson.right)
+          let source = sources.get(json)
+          if (source === undefined) {
+            source = decodeSource(json)
+            sources.set(json, source)
+          }
+          let token: Option.Option<TokenRecord> = Option.none()
+          if (row.token_enc !== null) {
+            const value = keyring.open(row.token_enc, tokenAad(row.account_id))
+            if (Either.isLeft(value)) return Effect.fail(value.left)
+            token = Option.some({
+              token: value.right,
+              expiresAt: opt(row.expires_at),
+              issuedAt: row.issued_at ?? row.created_at,
+              origin: (row.origin ?? "restored") as TokenOrigin
+            })
+          }
+          const account = new Account({
+            id: row.account_id as AccountId,
+            provider: row.provider,
+            pool: row.pool,
+            source,
+            label: orUndefined(row.label),
+            createdAt: row.created_at
+          }, true)
+          out.push({ account, state: rowToState(row, token) })
         }
-        return { account, state }
+        return Effect.succeed(out)
       })
 
     const selectAccounts = `SELECT a.account_id, a.provider, a.pool, a.source_enc, a.label, a.created_at,
@@ -268,13 +283,13 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
     const service: TokenStoreService = {
       loadAll: sql.unsafe<AccountRow>(selectAccounts).pipe(
         Effect.mapError(storeError("load accounts")),
-        Effect.flatMap((rows) => Effect.forEach(rows, decodeRow))
+        Effect.flatMap(decodeRows)
       ),
       load: (id) =>
         sql.unsafe<AccountRow>(`${selectAccounts} WHERE a.account_id = ?`, [id]).pipe(
           Effect.mapError(storeError("load account")),
           Effect.flatMap((rows) =>
-            rows.length === 0 ? Effect.succeedNone : Effect.asSome(decodeRow(rows[0]))
+            rows.length === 0 ? Effect.succeedNone : Effect.map(decodeRows(rows), (decoded) => Option.some(decoded[0]!))
           )
         ),
       addAccount: (account, state, events) =>
