@@ -9,7 +9,9 @@ import { Context, Effect, Layer, Option, Redacted } from "effect"
 import type { Account } from "./Account.js"
 import { OperationUnsupported } from "./Errors.js"
 import type { UpstreamError } from "./Errors.js"
-import type { Issued, RateLimit } from "./Token.js"
+import { RateLimit } from "./Token.js"
+import type { Issued } from "./Token.js"
+import { parseRetryAfter } from "./Upstream.js"
 
 export interface TokenSource {
   /** The source kind (`static`, `password`, …, or a custom source's kind). */
@@ -34,8 +36,31 @@ export interface Validation {
   readonly rateLimit?: RateLimit | undefined
 }
 
+/**
+ * What a response says about the token that made it (SPEC §1, §3.2): fine, rate-limited
+ * until a time (a primary quota or a secondary limit), unauthorized, worth retrying
+ * (5xx), or refused for reasons that are not the token's fault (other 4xx).
+ */
+export type Verdict =
+  | { readonly _tag: "ok" }
+  | { readonly _tag: "rate_limited"; readonly until: number; readonly scope: "primary" | "secondary" }
+  | { readonly _tag: "unauthorized" }
+  | { readonly _tag: "retryable" }
+  | { readonly _tag: "rejected" }
+
+export interface Observation {
+  readonly verdict: Verdict
+  /** The rate-limit state the response reports, if it reports any. */
+  readonly rateLimit: Option.Option<RateLimit>
+}
+
+/** Response headers with lower-case names. */
+export type Headers = Readonly<Record<string, string | undefined>>
+
 export interface Provider {
   readonly id: string
+  /** Reads a response to a request made with one of this provider's tokens. */
+  readonly observe?: ((status: number, headers: Headers, now: number) => Observation) | undefined
   /**
    * Checks a token against the upstream. A token the upstream rejects is a `Validation`
    * with `valid: false`; a failure to ask (timeout, 5xx) is an `UpstreamError`.
@@ -53,6 +78,35 @@ export class Drivers extends Context.Tag("@tessera/core/Drivers")<Drivers, Drive
 
 /** The `static` source: the token is handed in and can be neither obtained nor refreshed. */
 export const staticSource: TokenSource = { kind: "static", obtain: Option.none(), refresh: Option.none() }
+
+/** How long a 429 without `Retry-After` keeps a token out of rotation. */
+export const DEFAULT_LIMIT_MS = 60_000
+
+/**
+ * The reading any provider gets: 429 (with `Retry-After` in seconds or as a date, else a
+ * minute) is a limit, 401 unauthorized, 5xx and 408 retryable, other 4xx not the token's fault.
+ */
+export const observeGeneric = (status: number, headers: Headers, now: number): Observation => {
+  if (status === 429) {
+    const after = Option.getOrElse(parseRetryAfter(headers["retry-after"], now), () => DEFAULT_LIMIT_MS)
+    return {
+      verdict: { _tag: "rate_limited", until: now + after, scope: "secondary" },
+      rateLimit: Option.some(new RateLimit({ remaining: 0, resetAt: now + after, limited: true }))
+    }
+  }
+  const verdict: Verdict = status === 401
+    ? { _tag: "unauthorized" }
+    : status >= 500 || status === 408
+    ? { _tag: "retryable" }
+    : status >= 400
+    ? { _tag: "rejected" }
+    : { _tag: "ok" }
+  return { verdict, rateLimit: Option.none() }
+}
+
+/** The provider's reading of a response, or the generic one. */
+export const observe = (provider: Provider, status: number, headers: Headers, now: number): Observation =>
+  (provider.observe ?? observeGeneric)(status, headers, now)
 
 /** A provider that cannot validate: `update` then accepts a token as given, and says so. */
 export const unvalidatedProvider = (id: string): Provider => ({
