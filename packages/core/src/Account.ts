@@ -98,3 +98,8 @@ export class NewAccount extends Schema.Class<NewAccount>("@tessera/core/NewAccou
   source: SourceConfig,
   label: Schema.optional(Schema.String)
 }) {}
+
+const encodeSourceJson = Schema.encodeSync(Schema.parseJson(SourceConfig))
+
+/** Whether two source configurations are the same, secrets included. */
+export const sameSource = (a: SourceConfig, b: SourceConfig): boolean => encodeSourceJson(a) === encodeSourceJson(b)

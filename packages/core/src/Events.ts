@@ -86,6 +86,25 @@ export const layer: Layer.Layer<Events> = Layer.scoped(
   })
 )
 
+/** One log line for an event: ids, outcome and detail, never a secret (events hold none). */
+export const describe = (event: TokenEvent): string =>
+  `${event.type} ${event.accountId ?? "-"} ${event.outcome}${event.detail === "" ? "" : `: ${event.detail}`} (by ${event.actor})`
+
+/** The event hub, with every event also logged: subscribed as the hub is made, so none is missed. */
+export const layerLogged: Layer.Layer<Events> = Layer.scoped(
+  Events,
+  Effect.gen(function*() {
+    const events = yield* Layer.build(layer).pipe(Effect.map(Context.get(Events)))
+    const subscription = yield* events.subscribe
+    yield* Queue.take(subscription).pipe(
+      Effect.flatMap((event) => Effect.logInfo(describe(event))),
+      Effect.forever,
+      Effect.forkScoped
+    )
+    return events
+  })
+)
+
 /** Builds an event stamped with the current actor and time. */
 export const make = (
   fields: {

@@ -9,7 +9,7 @@
  * then published as events.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, HashMap, Layer, Option, Redacted, Ref, Schedule } from "effect"
-import { Account, NewAccount, sourceKind } from "./Account.js"
+import { Account, NewAccount, sameSource, sourceKind } from "./Account.js"
 import type { AccountId, SourceConfig } from "./Account.js"
 import {
   AccountNotFound,
@@ -19,7 +19,8 @@ import {
   TokenUnavailable,
   UpstreamError
 } from "./Errors.js"
-import type { AccountExists, StoreError } from "./Errors.js"
+import { StoreError } from "./Errors.js"
+import type { AccountExists } from "./Errors.js"
 import * as Events from "./Events.js"
 import * as Scheduler from "./internal/scheduler.js"
 import * as SingleFlight from "./internal/singleFlight.js"
@@ -29,6 +30,7 @@ import type { TokenSource, Validation } from "./Source.js"
 import * as Token from "./Token.js"
 import type { Issued, Lease, TokenInfo, TokenOrigin, TokenRecord, TokenState } from "./Token.js"
 import { TokenStore } from "./TokenStore.js"
+import type { StoredAccount } from "./TokenStore.js"
 import { RetryPolicy } from "./Upstream.js"
 
 export interface ValidationResult {
@@ -89,6 +91,21 @@ export interface LifecycleService {
 }
 
 export class Lifecycle extends Context.Tag("@tessera/core/Lifecycle")<Lifecycle, LifecycleService>() {}
+
+/** An account that configuration declares (environment, config file), with its token if it has one. */
+export interface Declared {
+  readonly account: NewAccount
+  readonly token?: { readonly token: Redacted.Redacted<string>; readonly expiresAt?: number | undefined } | undefined
+}
+
+/**
+ * The accounts configuration declares. At startup each one missing from the store is added,
+ * and one whose source configuration changed (a new password, say) gets the new one, before
+ * the startup fetch, so they are fetched with everything else.
+ */
+export class DeclaredAccounts extends Context.Reference<DeclaredAccounts>()("@tessera/core/Lifecycle/DeclaredAccounts", {
+  defaultValue: (): ReadonlyArray<Declared> => []
+}) {}
 
 interface Actor {
   readonly id: AccountId
@@ -613,7 +630,64 @@ export const make = Effect.gen(function*() {
 
   // --- startup (SPEC §2.6) ------------------------------------------------------------
 
-  const stored = yield* store.loadAll
+  const initialState = (account: Account, initial: Declared["token"]): TokenState =>
+    initial === undefined ? Token.emptyState : {
+      ...Token.emptyState,
+      token: Option.some({
+        token: initial.token,
+        expiresAt: Option.fromNullable(initial.expiresAt),
+        issuedAt: account.createdAt,
+        origin: account.source._tag === "static" ? "static" : "manual"
+      })
+    }
+
+  const reconcileDeclared = (loaded: ReadonlyArray<StoredAccount>) =>
+    Effect.gen(function*() {
+      const declared = yield* DeclaredAccounts
+      if (declared.length === 0) return loaded
+      const at = yield* now
+      const byId = new Map(loaded.map((entry) => [entry.account.id as string, entry]))
+      const added: Array<StoredAccount> = []
+      const addedEvents: Array<Events.TokenEvent> = []
+      for (const { account: input, token } of declared) {
+        const existing = byId.get(input.id)
+        if (existing === undefined) {
+          if (token !== undefined && !isWellFormedToken(token.token)) {
+            yield* Effect.logWarning(`the declared token of account '${input.id}' is malformed; the account starts without it`)
+          }
+          const account = new Account({
+            id: input.id,
+            provider: input.provider,
+            pool: input.pool ?? input.provider,
+            source: input.source,
+            label: input.label,
+            createdAt: at
+          })
+          const usable = token !== undefined && isWellFormedToken(token.token) ? token : undefined
+          const entry = { account, state: initialState(account, usable) }
+          added.push(entry)
+          byId.set(account.id, entry)
+          addedEvents.push(
+            yield* Events.make({ type: "account_added", accountId: account.id, detail: "declared by configuration" })
+          )
+        } else if (!sameSource(existing.account.source, input.source)) {
+          const updated = { ...existing, account: new Account({ ...existing.account, source: input.source }) }
+          byId.set(input.id, updated)
+          yield* store.saveState(existing.account.id, existing.state, [], input.source)
+          yield* Effect.logInfo(`account '${input.id}': source configuration updated from configuration`)
+        }
+      }
+      if (added.length > 0) {
+        yield* store.importAccounts(added, addedEvents, { skipExisting: true }).pipe(
+          Effect.catchTag("AccountExists", (error) =>
+            Effect.fail(new StoreError({ operation: "add declared accounts", detail: error.message })))
+        )
+        yield* events.publishAll(addedEvents)
+      }
+      return Array.from(byId.values())
+    }).pipe(Events.withActor("config"))
+
+  const stored = yield* Effect.flatMap(store.loadAll, (loaded) => reconcileDeclared(loaded))
   const restored = yield* Effect.forEach(stored, ({ account, state }) => {
     const token = Option.map(state.token, (record): TokenRecord => ({ ...record, origin: "restored" }))
     return makeActor(account, { ...state, token }, true)

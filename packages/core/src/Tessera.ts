@@ -12,10 +12,17 @@ import * as Settings from "./Settings.js"
 import * as TokenStore from "./TokenStore.js"
 import * as Upstream from "./Upstream.js"
 
+/**
+ * Everything from the environment (`TESSERA_DB`, `TESSERA_ENCRYPTION_KEY`, `API_RETRY_*`, …),
+ * with the given event hub (`Events.layerLogged` to log every event).
+ */
+export const layerConfigWith = (options: { readonly events?: Layer.Layer<Events.Events> } = {}) =>
+  Lifecycle.layer.pipe(
+    Layer.provideMerge(options.events ?? Events.layer),
+    Layer.provideMerge(TokenStore.layerConfig),
+    Layer.provideMerge(Crypto.layerConfig),
+    Layer.provide(Layer.mergeAll(Settings.layerConfig, Upstream.layerRetryPolicyConfig))
+  )
+
 /** Everything from the environment (`TESSERA_DB`, `TESSERA_ENCRYPTION_KEY`, `API_RETRY_*`, …). */
-export const layerConfig = Lifecycle.layer.pipe(
-  Layer.provideMerge(Events.layer),
-  Layer.provideMerge(TokenStore.layerConfig),
-  Layer.provideMerge(Crypto.layerConfig),
-  Layer.provide(Layer.mergeAll(Settings.layerConfig, Upstream.layerRetryPolicyConfig))
-)
+export const layerConfig = layerConfigWith()

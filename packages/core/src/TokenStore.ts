@@ -48,10 +48,14 @@ export interface TokenStoreService {
     state: TokenState,
     events: ReadonlyArray<TokenEvent>
   ) => Effect.Effect<void, AccountExists | StoreError>
-  /** Adds many accounts in one transaction: all or none. */
+  /**
+   * Adds many accounts in one transaction: all or none, or, with `skipExisting`, all that are
+   * not there yet (another process may have added the same declared accounts first).
+   */
   readonly importAccounts: (
     entries: ReadonlyArray<StoredAccount>,
-    events?: ReadonlyArray<TokenEvent>
+    events?: ReadonlyArray<TokenEvent>,
+    options?: { readonly skipExisting?: boolean }
   ) => Effect.Effect<void, AccountExists | StoreError>
   /** Removes an account and its token; the audit log keeps its history. */
   readonly removeAccount: (id: AccountId, events: ReadonlyArray<TokenEvent>) => Effect.Effect<boolean, StoreError>
@@ -318,7 +322,7 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             yield* insertEvents(events)
           }))
         }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("add account")(error)))),
-      importAccounts: (entries, events = []) =>
+      importAccounts: (entries, events = [], options = {}) =>
         Effect.gen(function*() {
           const at = yield* now
           const rows = yield* Effect.forEach(entries, ({ account, state }) =>
@@ -342,16 +346,23 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
                 updated_at: at
               }))
             }))
+          const skipped = new Set<string>()
           yield* immediate(Effect.gen(function*() {
             for (let i = 0; i < rows.length; i += 500) {
               const chunk = rows.slice(i, i + 500)
               const ids = chunk.map((row) => row.account.account_id)
               const existing = yield* sql<{ account_id: string }>`SELECT account_id FROM accounts WHERE ${sql.in("account_id", ids)}`
-              if (existing.length > 0) return yield* new AccountExists({ accountId: existing[0]!.account_id })
-              yield* sql`INSERT INTO accounts ${sql.insert(chunk.map((row) => row.account))}`
-              yield* sql`INSERT INTO token_state ${sql.insert(chunk.map((row) => row.state))}`
+              if (existing.length > 0 && options.skipExisting !== true) {
+                return yield* new AccountExists({ accountId: existing[0]!.account_id })
+              }
+              const skip = new Set(existing.map((row) => row.account_id))
+              const fresh = chunk.filter((row) => !skip.has(row.account.account_id))
+              skip.forEach((id) => skipped.add(id))
+              if (fresh.length === 0) continue
+              yield* sql`INSERT INTO accounts ${sql.insert(fresh.map((row) => row.account))}`
+              yield* sql`INSERT INTO token_state ${sql.insert(fresh.map((row) => row.state))}`
             }
-            yield* insertEvents(events)
+            yield* insertEvents(events.filter((event) => event.accountId === null || !skipped.has(event.accountId)))
           }))
         }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("import accounts")(error)))),
       removeAccount: (id, events) =>

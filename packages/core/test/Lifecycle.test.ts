@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Crypto, Lifecycle, Settings, Token } from "@tessera/core"
+import { Account, Crypto, Lifecycle, Settings, Token } from "@tessera/core"
 import { Cron, DateTime, Duration, Effect, Either, Exit, FastCheck, Fiber, Option, Redacted, TestClock } from "effect"
 import * as path from "node:path"
 import { tempDir } from "./utils/tempDir.js"
@@ -318,6 +318,48 @@ describe("SPEC §2.6 startup", () => {
           expect(up.lastError).toBeNull()
           expect(yield* upstream.calls("obtain")).toBe(5)
         }))
+    }))
+})
+
+describe("accounts declared by configuration", () => {
+  it.scoped("are registered and fetched with the startup pass; changed credentials replace the stored ones", () =>
+    Effect.gen(function*() {
+      const file = path.join(yield* tempDir, "tessera.db")
+      const key = yield* Crypto.generateKey
+      const upstream = yield* TestUpstream.make()
+      const declare = (secret: string): ReadonlyArray<Lifecycle.Declared> => [
+        {
+          account: new Account.NewAccount({
+            id: TestUpstream.accountId("declared"),
+            provider: "test",
+            source: new Account.CustomSource({ kind: "test", secrets: { password: Redacted.make(secret) } })
+          })
+        },
+        { account: TestUpstream.staticAccount("pat"), token: { token: Redacted.make("ghp_declared_static_0001") } }
+      ]
+      const start = (secret: string) =>
+        Effect.scoped(
+          Effect.flatMap(Lifecycle.Lifecycle, (lifecycle) =>
+            Effect.gen(function*() {
+              yield* lifecycle.awaitStartup
+              const declared = yield* lifecycle.info("declared")
+              const account = yield* lifecycle.account("declared")
+              const pat = yield* lifecycle.get("pat")
+              return { declared, account, pat }
+            })).pipe(
+              Effect.provide(TestUpstream.layer(upstream, { filename: file, key })),
+              Effect.provideService(Lifecycle.DeclaredAccounts, declare(secret))
+            )
+        )
+      const first = yield* start("first-secret")
+      expect(first.declared.source).toBe("startup")
+      expect(Redacted.value(first.pat.token)).toBe("ghp_declared_static_0001")
+      const second = yield* start("second-secret")
+      expect(second.declared.source).toBe("restored")
+      expect(second.account.source._tag === "custom" && Redacted.value(second.account.source.secrets["password"]!)).toBe(
+        "second-secret"
+      )
+      expect(yield* upstream.calls("obtain")).toBe(1)
     }))
 })
 
