@@ -418,12 +418,35 @@ export const make = Effect.gen(function*() {
       if (Option.isSome(state.invalid)) {
         return yield* new TokenUnavailable({ accountId: actor.id, status: "invalid", reason: state.invalid.value.reason })
       }
-      const record = Token.need(state, at, windowMs) === "use"
+      const need = Token.need(state, at, windowMs)
+      const record = need === "use"
         ? Option.getOrThrow(state.token)
+        : need === "refresh"
+        ? yield* refreshOrKeep(actor, Option.getOrThrow(state.token))
         : yield* renewOnce(actor, "ensure")
       const used = yield* now
       const latest = yield* Ref.updateAndGet(actor.state, (s) => ({ ...s, lastUsedAt: Option.some(used) }))
       return { accountId: actor.id, token: record.token, expiresAt: record.expiresAt, rateLimit: latest.rateLimit } satisfies Lease
+    })
+
+  /**
+   * A token inside its window is renewed first, but while it is still valid a failed renewal
+   * does not fail the caller: the current token is served and the background keeps trying.
+   * While a background retry runs, callers do not start renewals of their own.
+   */
+  const refreshOrKeep = (actor: Actor, current: TokenRecord): Effect.Effect<TokenRecord, RenewError> =>
+    Effect.gen(function*() {
+      if (yield* FiberMap.has(background, actor.id)) return current
+      const renewed = yield* Effect.either(renewOnce(actor, "ensure"))
+      if (renewed._tag === "Right") return renewed.right
+      const state = yield* Ref.get(actor.state)
+      const at = yield* now
+      const stillValid = Option.isNone(state.invalid) &&
+        Option.getOrUndefined(state.token) === current &&
+        Option.exists(current.expiresAt, (expiresAt) => expiresAt > at)
+      if (!stillValid) return yield* Effect.fail(renewed.left)
+      yield* runInBackground(actor)
+      return current
     })
 
   const invalidate = (actor: Actor, reason: string) =>

@@ -146,6 +146,37 @@ describe("SPEC §2.2 get", () => {
     }))
 })
 
+describe("upstream outage", () => {
+  it.scoped("a still-valid token keeps being served while renewal fails; the background retries; callers do not hammer", () =>
+    Effect.gen(function*() {
+      const upstream = yield* TestUpstream.make()
+      yield* withLifecycle(upstream, (lifecycle) =>
+        Effect.gen(function*() {
+          yield* lifecycle.add(TestUpstream.testAccount("acme"), {
+            token: Redacted.make("manual-token-0001-abcdef"),
+            expiresAt: 4 * MINUTE
+          })
+          yield* upstream.failNext("refresh", TestUpstream.upstreamError("connection"), 3)
+          yield* upstream.failNext("obtain", TestUpstream.upstreamError("connection"), 3)
+          yield* settle // the scheduler's first attempt fails (inside the window from the start)
+          const leases = yield* Effect.forEach(Array.from({ length: 100 }), () => lifecycle.get("acme"), {
+            concurrency: "unbounded"
+          })
+          expect(leases.every((lease) => Redacted.value(lease.token) === "manual-token-0001-abcdef")).toBe(true)
+          const attempts = (yield* upstream.calls("refresh")) + (yield* upstream.calls("obtain"))
+          expect(attempts).toBeLessThanOrEqual(2)
+          expect((yield* lifecycle.info("acme")).lastError?.code).toBe("connection")
+          for (let i = 0; i < 30; i++) {
+            yield* TestClock.adjust("1 second")
+            yield* settle
+          }
+          const renewed = yield* lifecycle.get("acme")
+          expect(Redacted.value(renewed.token)).not.toBe("manual-token-0001-abcdef")
+          expect((yield* lifecycle.info("acme")).lastError).toBeNull()
+        }))
+    }))
+})
+
 describe("SPEC §2.3 fallback", () => {
   it.scoped("a failed refresh of a still-valid token falls back to obtain", () =>
     Effect.gen(function*() {
