@@ -1,0 +1,2 @@
+/** `@tessera/cli`: the `tessera` command's building blocks. */
+export * as Serve from "./Serve.js"
