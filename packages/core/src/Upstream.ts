@@ -92,6 +92,11 @@ const upstreamMessage = (body: string): string => {
       }
       const errors = record["errors"]
       if (Array.isArray(errors) && typeof errors[0]?.message === "string") return String(errors[0].message).slice(0, 200)
+      // Bitbucket and others nest it: {"error": {"message": "…"}}
+      const nested = record["error"]
+      if (typeof nested === "object" && nested !== null && typeof (nested as Record<string, unknown>)["message"] === "string") {
+        return String((nested as Record<string, unknown>)["message"]).slice(0, 200)
+      }
     }
   } catch {
     // not JSON: fall through to the status alone
