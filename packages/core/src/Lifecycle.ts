@@ -9,7 +9,7 @@
  * then published as events.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, HashMap, Layer, Option, Redacted, Ref, Schedule } from "effect"
-import { Account, NewAccount, sameSource, sourceKind } from "./Account.js"
+import { Account, NewAccount, OAuth2Source, sameSource, sourceKind } from "./Account.js"
 import type { AccountId, SourceConfig } from "./Account.js"
 import {
   AccountNotFound,
@@ -22,6 +22,7 @@ import {
 import { StoreError } from "./Errors.js"
 import type { AccountExists } from "./Errors.js"
 import * as Events from "./Events.js"
+import * as Pools from "./internal/pools.js"
 import * as Scheduler from "./internal/scheduler.js"
 import * as SingleFlight from "./internal/singleFlight.js"
 import { Settings } from "./Settings.js"
@@ -29,6 +30,7 @@ import { Drivers, isWellFormedToken } from "./Source.js"
 import type { TokenSource, Validation } from "./Source.js"
 import * as Token from "./Token.js"
 import type { Issued, Lease, TokenInfo, TokenOrigin, TokenRecord, TokenState } from "./Token.js"
+import { TokenPool } from "./TokenPool.js"
 import { TokenStore } from "./TokenStore.js"
 import type { StoredAccount } from "./TokenStore.js"
 import { RetryPolicy } from "./Upstream.js"
@@ -165,11 +167,12 @@ export const make = Effect.gen(function*() {
     state: TokenState,
     evts: ReadonlyArray<Events.TokenEvent>,
     source?: SourceConfig
-  ) =>
+  ): Effect.Effect<void, StoreError> =>
     Effect.gen(function*() {
       yield* store.saveState(actor.id, state, evts, source)
       yield* Ref.set(actor.state, state)
       if (source !== undefined) yield* Ref.update(actor.account, (account) => new Account({ ...account, source }))
+      yield* pools.sync(actor)
       yield* events.publishAll(evts)
       yield* scheduleNext(actor)
     })
@@ -310,7 +313,7 @@ export const make = Effect.gen(function*() {
         }
         const account = yield* Ref.get(actor.account)
         const rotated: SourceConfig | undefined = issued.refreshToken !== undefined && account.source._tag === "oauth2"
-          ? { ...account.source, refreshToken: issued.refreshToken } as SourceConfig
+          ? new OAuth2Source({ ...account.source, refreshToken: issued.refreshToken })
           : undefined
         const done = yield* event(actor, how === "obtain" ? "obtained" : "refreshed", {
           detail: expiryDetail(issued.expiresAt),
@@ -346,9 +349,9 @@ export const make = Effect.gen(function*() {
       // The failure is what the caller hears about; a store that also fails must not mask it.
       yield* commit(actor, next, [...notes, failed, ...invalidated]).pipe(
         Effect.catchAll((storeError) =>
-          Effect.zipRight(
-            Effect.logWarning(`could not record a failed renewal of '${actor.id}': ${storeError.message}`),
-            Ref.set(actor.state, next)
+          Effect.logWarning(`could not record a failed renewal of '${actor.id}': ${storeError.message}`).pipe(
+            Effect.zipRight(Ref.set(actor.state, next)),
+            Effect.zipRight(pools.sync(actor))
           )
         )
       )
@@ -426,6 +429,7 @@ export const make = Effect.gen(function*() {
         : yield* renewOnce(actor, "ensure")
       const used = yield* now
       const latest = yield* Ref.updateAndGet(actor.state, (s) => ({ ...s, lastUsedAt: Option.some(used) }))
+      yield* pools.touch(actor)
       return { accountId: actor.id, token: record.token, expiresAt: record.expiresAt, rateLimit: latest.rateLimit } satisfies Lease
     })
 
@@ -612,6 +616,7 @@ export const make = Effect.gen(function*() {
         yield* store.addAccount(account, state, [added])
         const actor = yield* makeActor(account, state, false)
         yield* Ref.update(actors, HashMap.set(account.id as string, actor))
+        yield* pools.sync(actor)
         yield* events.publish(added)
         yield* scheduleNext(actor)
         return yield* infoOf(actor)
@@ -623,6 +628,7 @@ export const make = Effect.gen(function*() {
         const removed = yield* Events.make({ type: "account_removed", accountId: id })
         yield* actor.lock.withPermits(1)(store.removeAccount(actor.id, [removed]))
         yield* Ref.update(actors, HashMap.remove(id))
+        yield* pools.remove(actor, (yield* Ref.get(actor.account)).pool)
         yield* scheduler.cancel(id)
         yield* FiberMap.remove(background, id)
         yield* actor.flight.interrupt
@@ -650,6 +656,23 @@ export const make = Effect.gen(function*() {
 
     awaitStartup: Effect.void
   }
+
+  // --- pools (SPEC §3) ---------------------------------------------------------------
+
+  const pools = yield* Pools.make<Actor>({
+    store,
+    drivers,
+    events,
+    lookup,
+    info: infoOf,
+    commit: (actor, state, evts) => actor.lock.withPermits(1)(commit(actor, state, evts)),
+    unauthorized: (actor, reason, token) =>
+      service.reportUnauthorized(actor.id, { reason, token }).pipe(
+        Effect.asVoid,
+        Effect.catchTag("AccountNotFound", () => Effect.void)
+      ),
+    flushInterval: settings.flushInterval
+  })
 
   // --- startup (SPEC §2.6) ------------------------------------------------------------
 
@@ -712,10 +735,14 @@ export const make = Effect.gen(function*() {
 
   const stored = yield* Effect.flatMap(store.loadAll, (loaded) => reconcileDeclared(loaded))
   const restored = yield* Effect.forEach(stored, ({ account, state }) => {
-    const token = Option.map(state.token, (record): TokenRecord => ({ ...record, origin: "restored" }))
+    // A restored token says so, except a static one, which is what it always was.
+    const token = account.source._tag === "static"
+      ? state.token
+      : Option.map(state.token, (record): TokenRecord => ({ ...record, origin: "restored" }))
     return makeActor(account, { ...state, token }, true)
   })
   yield* Ref.set(actors, HashMap.fromIterable(restored.map((actor) => [actor.id as string, actor] as const)))
+  yield* Effect.forEach(restored, pools.sync, { discard: true })
   const startAt = yield* now
   const due: Array<Actor> = []
   for (const actor of restored) {
@@ -745,8 +772,11 @@ export const make = Effect.gen(function*() {
       )
   })
 
-  return { ...service, awaitStartup: Effect.asVoid(Fiber.await(startupFetch)) } satisfies LifecycleService
+  const lifecycle: LifecycleService = { ...service, awaitStartup: Effect.asVoid(Fiber.await(startupFetch)) }
+  return { lifecycle, pool: pools.service }
 })
 
-/** The lifecycle: needs the store, the drivers and the event hub. */
-export const layer = Layer.scoped(Lifecycle, make)
+/** The lifecycle and the token pools over its accounts: needs the store, the drivers and the event hub. */
+export const layer = Layer.scopedContext(
+  Effect.map(make, ({ lifecycle, pool }) => Context.make(Lifecycle, lifecycle).pipe(Context.add(TokenPool, pool)))
+)

@@ -15,6 +15,8 @@ export interface SettingsShape {
   readonly concurrency: number
   /** The longest pause between background attempts for an account whose fetch keeps failing. */
   readonly backgroundRetryMax: Duration.Duration
+  /** How often usage (last use, rate-limit counters, acquire counts) is written to the store. */
+  readonly flushInterval: Duration.Duration
 }
 
 export class Settings extends Context.Reference<Settings>()("@tessera/core/Settings", {
@@ -23,7 +25,8 @@ export class Settings extends Context.Reference<Settings>()("@tessera/core/Setti
     refreshCron: Option.none(),
     timeZone: DateTime.zoneUnsafeMakeNamed("UTC"),
     concurrency: 32,
-    backgroundRetryMax: Duration.minutes(5)
+    backgroundRetryMax: Duration.minutes(5),
+    flushInterval: Duration.seconds(1)
   })
 }) {}
 
@@ -89,7 +92,8 @@ export const settingsConfig: Effect.Effect<SettingsShape, ConfigError.ConfigErro
       Config.validate({ message: "TESSERA_CONCURRENCY must be at least 1", validation: (n) => n >= 1 }),
       Config.withDefault(32)
     ),
-    backgroundRetryMax: yield* duration("TESSERA_BACKGROUND_RETRY_MAX").pipe(Config.withDefault(Duration.minutes(5)))
+    backgroundRetryMax: yield* duration("TESSERA_BACKGROUND_RETRY_MAX").pipe(Config.withDefault(Duration.minutes(5))),
+    flushInterval: yield* duration("TESSERA_FLUSH_INTERVAL").pipe(Config.withDefault(Duration.seconds(1)))
   }
 })
 

@@ -66,6 +66,11 @@ export interface TokenStoreService {
     events: ReadonlyArray<TokenEvent>,
     source?: SourceConfig
   ) => Effect.Effect<void, StoreError>
+  /** Writes many accounts' states and the events in one transaction: for coalesced writes. */
+  readonly saveMany: (
+    states: ReadonlyArray<{ readonly id: AccountId; readonly state: TokenState }>,
+    events: ReadonlyArray<TokenEvent>
+  ) => Effect.Effect<void, StoreError>
   readonly appendAudit: (events: ReadonlyArray<TokenEvent>) => Effect.Effect<void, StoreError>
   readonly audit: (query: AuditQuery) => Effect.Effect<ReadonlyArray<AuditEntry>, StoreError>
   /** Whether the database answers: for health checks. */
@@ -388,6 +393,20 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             yield* insertEvents(events)
           }))
         }).pipe(Effect.mapError(storeError("save token state"))),
+      saveMany: (states, events) =>
+        Effect.gen(function*() {
+          const encrypted = yield* Effect.forEach(states, ({ id, state }) =>
+            Effect.map(encryptToken(id, state), (tokenEnc) => ({ id, state, tokenEnc })))
+          const at = yield* now
+          yield* immediate(Effect.gen(function*() {
+            for (const { id, state, tokenEnc } of encrypted) {
+              // an account removed meanwhile has no row to update
+              const exists = yield* sql`SELECT 1 FROM accounts WHERE account_id = ${id}`
+              if (exists.length > 0) yield* upsertState(id, state, tokenEnc, at)
+            }
+            yield* insertEvents(events)
+          }))
+        }).pipe(Effect.mapError(storeError("save token states"))),
       appendAudit: (events) => insertEvents(events).pipe(Effect.mapError(storeError("append audit"))),
       audit: (query) =>
         Effect.gen(function*() {

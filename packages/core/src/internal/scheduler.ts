@@ -7,59 +7,12 @@
  */
 import { Clock, Effect, FiberSet, Queue } from "effect"
 import type { Scope } from "effect"
+import { Heap } from "./heap.js"
 
 interface Entry<K> {
   readonly at: number
   readonly key: K
   readonly seq: number
-}
-
-/** A binary min-heap ordered by (at, seq). */
-class Heap<K> {
-  private readonly items: Array<Entry<K>> = []
-  get size() {
-    return this.items.length
-  }
-  peek(): Entry<K> | undefined {
-    return this.items[0]
-  }
-  push(entry: Entry<K>) {
-    const items = this.items
-    items.push(entry)
-    let i = items.length - 1
-    while (i > 0) {
-      const parent = (i - 1) >> 1
-      if (!less(items[i], items[parent])) break
-      ;[items[i], items[parent]] = [items[parent], items[i]]
-      i = parent
-    }
-  }
-  /** Keeps only the entries `keep` accepts (drops stale ones) and restores the heap order. */
-  compact(keep: (entry: Entry<K>) => boolean) {
-    const kept = this.items.filter(keep)
-    this.items.length = 0
-    for (const entry of kept) this.push(entry)
-  }
-  pop(): Entry<K> | undefined {
-    const items = this.items
-    const top = items[0]
-    const last = items.pop()
-    if (items.length > 0 && last !== undefined) {
-      items[0] = last
-      let i = 0
-      for (;;) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let m = i
-        if (l < items.length && less(items[l], items[m])) m = l
-        if (r < items.length && less(items[r], items[m])) m = r
-        if (m === i) break
-        ;[items[i], items[m]] = [items[m], items[i]]
-        i = m
-      }
-    }
-    return top
-  }
 }
 
 const less = <K>(a: Entry<K>, b: Entry<K>) => a.at < b.at || (a.at === b.at && a.seq < b.seq)
@@ -81,7 +34,7 @@ export const make = <K>(
   options: { readonly concurrency: number }
 ): Effect.Effect<Scheduler<K>, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const heap = new Heap<K>()
+    const heap = new Heap<Entry<K>>(less)
     const current = new Map<K, number>()
     let seq = 0
     const wake = yield* Queue.sliding<void>(1)

@@ -1,0 +1,342 @@
+/**
+ * The token pools of a lifecycle: one `PoolIndex` per pool, kept in step with every change
+ * of an account's state (`sync`), and the `TokenPool` service over them. Writes that only
+ * record use (last use, rate-limit counters that do not change a token's standing, acquire
+ * audit counts) are coalesced and flushed in one transaction per interval, so heavy traffic
+ * does not become one fsync per request; changes of standing (rate-limited, invalid) are
+ * committed at once with their events.
+ */
+import { Clock, Duration, Effect, Option, Queue, Redacted, Ref } from "effect"
+import type { Account } from "../Account.js"
+import { AccountNotFound } from "../Errors.js"
+import type { StoreError } from "../Errors.js"
+import * as Events from "../Events.js"
+import { observe } from "../Source.js"
+import type { DriversService } from "../Source.js"
+import * as Token from "../Token.js"
+import type { Lease, TokenInfo, TokenRecord, TokenState } from "../Token.js"
+import { NoUsableToken, PoolExhausted } from "../TokenPool.js"
+import type { PoolSummary, TokenPoolService } from "../TokenPool.js"
+import type { TokenStoreService } from "../TokenStore.js"
+import { PoolIndex } from "./poolIndex.js"
+import type { Standing } from "./poolIndex.js"
+import * as Scheduler from "./scheduler.js"
+
+/** What the pools need of an account actor. */
+export interface PoolActor {
+  readonly id: Account["id"]
+  readonly account: Ref.Ref<Account>
+  readonly state: Ref.Ref<TokenState>
+}
+
+interface Entry<A extends PoolActor> {
+  readonly actor: A
+  /** The token, absent while the account has none (such a member is out of rotation). */
+  readonly record: TokenRecord | undefined
+  readonly rateLimit: Option.Option<Token.RateLimit>
+}
+
+export interface Deps<A extends PoolActor> {
+  readonly store: TokenStoreService
+  readonly drivers: DriversService
+  readonly events: Events.EventsService
+  readonly lookup: (id: string) => Effect.Effect<A, AccountNotFound>
+  readonly info: (actor: A) => Effect.Effect<TokenInfo>
+  /** Commits a state that changes the account's standing, with its events. */
+  readonly commit: (actor: A, state: TokenState, events: ReadonlyArray<Events.TokenEvent>) => Effect.Effect<void, StoreError>
+  /** SPEC §2.9 for a 401 seen in the pool. */
+  readonly unauthorized: (actor: A, reason: string, token: Redacted.Redacted<string>) => Effect.Effect<void, StoreError>
+  readonly flushInterval: Duration.Duration
+}
+
+export const standingOf = (state: TokenState, at: number): Standing => {
+  if (Option.isSome(state.invalid) || Option.isNone(state.token)) return { _tag: "out" }
+  if (Option.exists(state.token.value.expiresAt, (expiresAt) => expiresAt <= at)) return { _tag: "out" }
+  if (Token.isLimited(state.rateLimit, at)) {
+    return { _tag: "limited", until: Option.getOrThrow(state.rateLimit).resetAt ?? at }
+  }
+  return { _tag: "available" }
+}
+
+export const make = <A extends PoolActor>(deps: Deps<A>) =>
+  Effect.gen(function*() {
+    const indexes = new Map<string, PoolIndex<Entry<A>>>()
+    const byToken = new Map<string, string>()
+    const tokenOf = new Map<string, string>()
+    const dirty = new Set<A>()
+    const acquires = new Map<string, { accountId: string; actor: string; count: number; first: number }>()
+
+    const indexFor = (pool: string) => {
+      let index = indexes.get(pool)
+      if (index === undefined) {
+        index = new PoolIndex<Entry<A>>()
+        indexes.set(pool, index)
+      }
+      return index
+    }
+
+    /** Brings the actor's place in its pool in line with its state. */
+    const sync = (actor: A): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        const account = yield* Ref.get(actor.account)
+        const state = yield* Ref.get(actor.state)
+        const at = yield* Clock.currentTimeMillis
+        const index = indexFor(account.pool)
+        const previous = tokenOf.get(actor.id)
+        if (previous !== undefined) byToken.delete(previous)
+        tokenOf.delete(actor.id)
+        const record = Option.getOrUndefined(state.token)
+        if (record !== undefined) {
+          const value = Redacted.value(record.token)
+          byToken.set(value, actor.id)
+          tokenOf.set(actor.id, value)
+        }
+        index.set(
+          actor.id,
+          { actor, record, rateLimit: state.rateLimit },
+          Option.getOrElse(state.lastUsedAt, () => 0),
+          standingOf(state, at)
+        )
+      })
+
+    const remove = (actor: A, pool: string) =>
+      Effect.sync(() => {
+        indexes.get(pool)?.remove(actor.id)
+        const token = tokenOf.get(actor.id)
+        if (token !== undefined) byToken.delete(token)
+        tokenOf.delete(actor.id)
+        dirty.delete(actor)
+      })
+
+    // --- coalesced writes -------------------------------------------------------------
+
+    const flush = Effect.gen(function*() {
+      if (dirty.size === 0 && acquires.size === 0) return
+      const actors = [...dirty]
+      dirty.clear()
+      const counted = [...acquires.values()]
+      acquires.clear()
+      const states = yield* Effect.forEach(actors, (actor) => Effect.map(Ref.get(actor.state), (state) => ({ id: actor.id, state })))
+      const audit = counted.map(({ accountId, actor, count, first }) =>
+        new Events.TokenEvent({
+          type: "acquired",
+          accountId,
+          at: first,
+          actor,
+          outcome: "success",
+          detail: count === 1 ? "token handed out" : `token handed out ${count} times`,
+          data: { count }
+        })
+      )
+      yield* deps.store.saveMany(states, audit).pipe(
+        Effect.catchAll((error) =>
+          Effect.gen(function*() {
+            for (const actor of actors) dirty.add(actor)
+            yield* changed
+            for (const entry of counted) {
+              const key = `${entry.actor}\u0000${entry.accountId}`
+              const current = acquires.get(key)
+              acquires.set(key, current === undefined ? entry : { ...current, count: current.count + entry.count })
+            }
+            yield* Effect.logWarning(`could not save pool usage, will retry: ${error.message}`)
+          })
+        )
+      )
+    })
+    // The flusher sleeps only while there is something to write: an idle service has no timer.
+    const pending = yield* Queue.sliding<void>(1)
+    const changed = Queue.offer(pending, undefined)
+    yield* Effect.addFinalizer(() => flush)
+    yield* Queue.take(pending).pipe(
+      Effect.zipRight(Effect.sleep(deps.flushInterval)),
+      Effect.zipRight(flush),
+      Effect.forever,
+      Effect.forkScoped
+    )
+
+    // --- recoveries -------------------------------------------------------------------
+
+    /** Says so when a rate limit has reset: the token is back in rotation by then already. */
+    const recoveries = yield* Scheduler.make<A>(
+      (actor) =>
+        Effect.gen(function*() {
+          const state = yield* Ref.get(actor.state)
+          const at = yield* Clock.currentTimeMillis
+          if (Option.isNone(state.rateLimit) || Token.isLimited(state.rateLimit, at)) return
+          const recovered = yield* Events.make({ type: "recovered", accountId: actor.id, detail: "rate limit reset" })
+          yield* deps.store.appendAudit([recovered]).pipe(Effect.zipRight(deps.events.publish(recovered)), Effect.ignore)
+        }).pipe(Events.withActor("scheduler")),
+      { concurrency: 64 }
+    )
+
+    // --- the service ------------------------------------------------------------------
+
+    const lease = (entry: Entry<A>, record: TokenRecord): Lease => ({
+      accountId: entry.actor.id,
+      token: record.token,
+      expiresAt: record.expiresAt,
+      rateLimit: entry.rateLimit
+    })
+
+    /** The last word on a candidate: its token may have expired since it entered rotation. */
+    const usable = (at: number) => (member: { value: Entry<A> }): Standing => {
+      const record = member.value.record
+      return record === undefined || Option.exists(record.expiresAt, (expiresAt) => expiresAt <= at)
+        ? { _tag: "out" }
+        : { _tag: "available" }
+    }
+
+    const noMembers = (pool: string) =>
+      new NoUsableToken({ pool, reason: indexes.get(pool)?.size ? "every token is invalid, missing or expired" : "the pool has no tokens" })
+
+    const acquireOnce = (pool: string) =>
+      Effect.gen(function*() {
+        const at = yield* Clock.currentTimeMillis
+        const index = indexes.get(pool)
+        if (index === undefined) return { _tag: "none" } as const
+        return index.acquire(at, usable(at))
+      })
+
+    const markUsed = (entry: Entry<A>, at: number) =>
+      Effect.gen(function*() {
+        const who = yield* Events.CurrentActor
+        yield* Ref.update(entry.actor.state, (state) => ({ ...state, lastUsedAt: Option.some(at) }))
+        dirty.add(entry.actor)
+        yield* changed
+        const key = `${who}\u0000${entry.actor.id}`
+        const counted = acquires.get(key)
+        if (counted === undefined) acquires.set(key, { accountId: entry.actor.id, actor: who, count: 1, first: at })
+        else counted.count++
+      })
+
+    const acquire: TokenPoolService["acquire"] = (pool, options = {}) =>
+      Effect.gen(function*() {
+        const started = yield* Clock.currentTimeMillis
+        const deadline = options.wait === undefined ? started : started + Duration.toMillis(Duration.decode(options.wait))
+        for (;;) {
+          const result = yield* acquireOnce(pool)
+          if (result._tag === "acquired") {
+            const entry = result.member.value
+            const record = entry.record
+            // `usable` admits only members with a token; anything else is tried again
+            if (record === undefined) continue
+            yield* markUsed(entry, yield* Clock.currentTimeMillis)
+            return lease(entry, record)
+          }
+          if (result._tag === "none") return yield* noMembers(pool)
+          if (result.retryAt > deadline) return yield* new PoolExhausted({ pool, retryAt: result.retryAt })
+          const at = yield* Clock.currentTimeMillis
+          yield* Effect.sleep(Math.max(0, result.retryAt - at))
+        }
+      })
+
+    const report: TokenPoolService["report"] = (pool, input) =>
+      Effect.gen(function*() {
+        const id = input.accountId ?? (input.token === undefined ? undefined : byToken.get(Redacted.value(input.token)))
+        if (id === undefined) return yield* new AccountNotFound({ accountId: input.accountId ?? "(unknown token)" })
+        const actor = yield* deps.lookup(id)
+        const account = yield* Ref.get(actor.account)
+        if (account.pool !== pool) return yield* new AccountNotFound({ accountId: id })
+        const at = yield* Clock.currentTimeMillis
+        const observation = observe(deps.drivers.provider(account), input.status, input.headers, at)
+        const state = yield* Ref.get(actor.state)
+        const verdict = observation.verdict
+        if (verdict._tag === "unauthorized") {
+          const token = Option.map(state.token, (record) => record.token)
+          if (Option.isSome(token)) {
+            yield* deps.unauthorized(actor, `the upstream answered ${input.status}`, input.token ?? token.value)
+          }
+          return yield* deps.info(actor)
+        }
+        const rateLimit = verdict._tag === "rate_limited"
+          ? Option.some(
+            new Token.RateLimit({
+              ...Option.getOrElse(observation.rateLimit, () => new Token.RateLimit({ limited: true })),
+              resetAt: verdict.until,
+              limited: true
+            })
+          )
+          : Option.orElse(observation.rateLimit, () => state.rateLimit)
+        const next: TokenState = { ...state, rateLimit }
+        const wasLimited = Token.isLimited(state.rateLimit, at)
+        const isLimited = Token.isLimited(rateLimit, at)
+        if (isLimited && !wasLimited) {
+          const until = Option.getOrThrow(rateLimit).resetAt ?? at
+          const limited = yield* Events.make({
+            type: "rate_limited",
+            accountId: id,
+            outcome: "failure",
+            detail: `rate-limited until ${new Date(until).toISOString()}` +
+              (verdict._tag === "rate_limited" ? ` (${verdict.scope} limit)` : ""),
+            data: { reset_at: until, status: input.status }
+          })
+          yield* deps.commit(actor, next, [limited])
+          yield* recoveries.schedule(actor, until)
+        } else if (!isLimited && wasLimited) {
+          const recovered = yield* Events.make({ type: "recovered", accountId: id, detail: "the upstream lifted the rate limit" })
+          yield* deps.commit(actor, next, [recovered])
+        } else {
+          yield* Ref.set(actor.state, next)
+          yield* sync(actor)
+          dirty.add(actor)
+          yield* changed
+        }
+        return yield* deps.info(actor)
+      })
+
+    const summary = (pool: string, index: PoolIndex<Entry<A>>, at: number) =>
+      Effect.gen(function*() {
+        let invalid = 0
+        let provider = ""
+        for (const member of index.all()) {
+          const state = yield* Ref.get(member.value.actor.state)
+          if (provider === "") provider = (yield* Ref.get(member.value.actor.account)).provider
+          if (Option.isSome(state.invalid)) invalid++
+        }
+        return {
+          pool,
+          provider,
+          total: index.size,
+          available: index.countAvailable(at),
+          rateLimited: index.countLimited(at),
+          invalid,
+          nextResetAt: index.earliestReset() ?? null
+        } satisfies PoolSummary
+      })
+
+    const service: TokenPoolService = {
+      acquire,
+      withToken: (pool, use, options = {}) =>
+        Effect.flatMap(acquire(pool, options), (leased) =>
+          use(leased).pipe(
+            Effect.onExit((exit) => {
+              const seen = options.observe?.(exit)
+              return seen === undefined
+                ? Effect.void
+                : report(pool, { accountId: leased.accountId, token: leased.token, ...seen }).pipe(
+                  Effect.catchAll((error) => Effect.logWarning(`could not record the outcome: ${error.message}`))
+                )
+            })
+          )),
+      report,
+      countAvailable: (pool) =>
+        Effect.map(Clock.currentTimeMillis, (at) => indexes.get(pool)?.countAvailable(at) ?? 0),
+      list: (pool) =>
+        Effect.gen(function*() {
+          const index = indexes.get(pool)
+          if (index === undefined) return []
+          const infos: Array<TokenInfo> = []
+          for (const member of index.all()) infos.push(yield* deps.info(member.value.actor))
+          return infos
+        }),
+      pools: Effect.gen(function*() {
+        const at = yield* Clock.currentTimeMillis
+        return yield* Effect.forEach([...indexes].filter(([, index]) => index.size > 0), ([pool, index]) => summary(pool, index, at))
+      })
+    }
+    /** Notes a use outside the pool (a direct `get`) so its time is saved with the next flush. */
+    const touch = (actor: A) => Effect.zipRight(Effect.sync(() => void dirty.add(actor)), changed)
+
+    return { service, sync, remove, touch, flush }
+  })
+

@@ -1,0 +1,246 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Crypto, Events, Lifecycle, TokenPool, TokenStore } from "@tessera/core"
+import { Chunk, Effect, Either, FastCheck, Fiber, Queue, Redacted, TestClock } from "effect"
+import type { Scope } from "effect"
+import * as path from "node:path"
+import { PoolIndex } from "../src/internal/poolIndex.js"
+import type { Standing } from "../src/internal/poolIndex.js"
+import { tempDir } from "./utils/tempDir.js"
+import * as TestUpstream from "./utils/TestUpstream.js"
+
+const settle = Effect.repeatN(Effect.yieldNow(), 50)
+
+/** A pool "test" of static tokens t0..t(n-1) (accounts p0..p(n-1)). */
+const withPool = <A, E>(
+  size: number,
+  body: (pool: TokenPool.TokenPoolService, lifecycle: Lifecycle.LifecycleService) => Effect.Effect<A, E, TokenStore.TokenStore | Events.Events | Scope.Scope>,
+  store: { readonly filename?: string; readonly key?: Crypto.EncryptionKey } = {}
+) =>
+  Effect.gen(function*() {
+    const upstream = yield* TestUpstream.make()
+    return yield* Effect.gen(function*() {
+      const lifecycle = yield* Lifecycle.Lifecycle
+      const pool = yield* TokenPool.TokenPool
+      const existing = new Set((yield* lifecycle.accounts).map((a) => a.id as string))
+      for (let i = 0; i < size; i++) {
+        if (!existing.has(`p${i}`)) {
+          yield* lifecycle.add(TestUpstream.staticAccount(`p${i}`), { token: Redacted.make(`static-token-${i}-abcdef`) })
+        }
+      }
+      return yield* body(pool, lifecycle)
+    }).pipe(Effect.scoped, Effect.provide(TestUpstream.layer(upstream, store)))
+  })
+
+const ids = (leases: ReadonlyArray<{ accountId: string }>) => leases.map((lease) => lease.accountId)
+const acquireN = (pool: TokenPool.TokenPoolService, n: number) =>
+  Effect.forEach(Array.from({ length: n }), () => pool.acquire("test"))
+
+describe("SPEC §3.1 least-recently-used rotation", () => {
+  it.scoped("hands out the token used longest ago and marks it used", () =>
+    withPool(3, (pool) =>
+      Effect.gen(function*() {
+        const leases = yield* acquireN(pool, 7)
+        expect(ids(leases)).toEqual(["p0", "p1", "p2", "p0", "p1", "p2", "p0"])
+        expect(Redacted.value(leases[1]!.token)).toBe("static-token-1-abcdef")
+      })))
+
+  it.scoped("a token that comes back into rotation is next if it was used longest ago", () =>
+    withPool(3, (pool) =>
+      Effect.gen(function*() {
+        yield* acquireN(pool, 3) // p0, p1, p2 used in that order
+        yield* pool.report("test", { accountId: "p0", status: 429, headers: { "retry-after": "10" } })
+        expect(ids(yield* acquireN(pool, 2))).toEqual(["p1", "p2"])
+        yield* TestClock.adjust("10 seconds")
+        // p0 was last used before p1 and p2's latest use: it goes first
+        expect(ids(yield* acquireN(pool, 3))).toEqual(["p0", "p1", "p2"])
+      })))
+
+  it.effect.prop(
+    "the index always picks what a linear scan for the least recently used would pick",
+    [FastCheck.array(
+      FastCheck.oneof(
+        FastCheck.record({ op: FastCheck.constant("acquire" as const) }),
+        FastCheck.record({ op: FastCheck.constant("limit" as const), id: FastCheck.integer({ min: 0, max: 7 }), ms: FastCheck.integer({ min: 1, max: 50 }) }),
+        FastCheck.record({ op: FastCheck.constant("out" as const), id: FastCheck.integer({ min: 0, max: 7 }) }),
+        FastCheck.record({ op: FastCheck.constant("back" as const), id: FastCheck.integer({ min: 0, max: 7 }) }),
+        FastCheck.record({ op: FastCheck.constant("tick" as const), ms: FastCheck.integer({ min: 0, max: 30 }) })
+      ),
+      { maxLength: 200 }
+    )],
+    ([ops]) =>
+      Effect.sync(() => {
+        const index = new PoolIndex<number>()
+        // the model: every member with its last use and order, and its standing
+        const model = new Map<number, { lastUsed: number; order: number; standing: Standing }>()
+        let now = 1000
+        let order = 0
+        for (let id = 0; id < 8; id++) {
+          index.set(`m${id}`, id, 0, { _tag: "available" })
+          model.set(id, { lastUsed: 0, order: ++order, standing: { _tag: "available" } })
+        }
+        for (const step of ops) {
+          if (step.op === "tick") now += step.ms
+          else if (step.op === "limit" || step.op === "out" || step.op === "back") {
+            const standing: Standing = step.op === "limit"
+              ? { _tag: "limited", until: now + step.ms }
+              : step.op === "out" ? { _tag: "out" } : { _tag: "available" }
+            index.set(`m${step.id}`, step.id, 0, standing)
+            model.get(step.id)!.standing = standing
+          } else {
+            const candidates = [...model.entries()].filter(([, m]) =>
+              m.standing._tag === "available" || (m.standing._tag === "limited" && m.standing.until <= now)
+            )
+            candidates.sort(([, a], [, b]) => a.lastUsed - b.lastUsed || a.order - b.order)
+            const result = index.acquire(now, () => ({ _tag: "available" }))
+            if (candidates.length === 0) {
+              expect(result._tag).not.toBe("acquired")
+              const limits = [...model.values()].flatMap((m) => m.standing._tag === "limited" ? [m.standing.until] : [])
+              if (limits.length > 0) expect(result).toEqual({ _tag: "exhausted", retryAt: Math.min(...limits) })
+              else expect(result._tag).toBe("none")
+            } else {
+              expect(result._tag === "acquired" ? result.member.value : undefined).toBe(candidates[0]![0])
+              const picked = model.get(candidates[0]![0])!
+              picked.lastUsed = now
+              picked.order = ++order
+              picked.standing = { _tag: "available" }
+            }
+          }
+        }
+      })
+  )
+})
+
+describe("SPEC §3.3 rate limits", () => {
+  it.scoped("a token limited by a 429 is skipped until its reset and then returns by itself", () =>
+    withPool(2, (pool) =>
+      Effect.gen(function*() {
+        const events = yield* Events.Events
+        const subscription = yield* events.subscribe
+        yield* pool.report("test", { accountId: "p0", status: 429, headers: { "retry-after": "30" } })
+        expect(ids(yield* acquireN(pool, 3))).toEqual(["p1", "p1", "p1"])
+        expect(yield* pool.countAvailable("test")).toBe(1)
+        yield* TestClock.adjust("30 seconds")
+        yield* settle
+        expect(yield* pool.countAvailable("test")).toBe(2)
+        expect(ids(yield* acquireN(pool, 1))).toEqual(["p0"])
+        const seen = Chunk.toReadonlyArray(yield* Queue.takeAll(subscription)).map((e) => `${e.type}:${e.accountId}`)
+        expect(seen).toEqual(["rate_limited:p0", "recovered:p0"])
+      })))
+
+  it.scoped("a response saying remaining 0 takes the token out until its reset", () =>
+    withPool(2, (pool) =>
+      Effect.gen(function*() {
+        const reset = String(60) // epoch seconds: one minute after TestClock's start
+        // a generic provider only reads 429s; the GitHub reading of remaining 0 is in @tessera/providers
+        yield* pool.report("test", { accountId: "p1", status: 429, headers: { "retry-after": reset } })
+        const info = (yield* pool.list("test")).find((i) => i.accountId === "p1")!
+        expect(info.status).toBe("rate_limited")
+        expect(info.rateLimit?.resetAt).toBe(60_000)
+      })))
+})
+
+describe("SPEC §3.4 invalid tokens", () => {
+  it.scoped("an invalid token is never handed out until replaced", () =>
+    withPool(2, (pool, lifecycle) =>
+      Effect.gen(function*() {
+        yield* pool.report("test", { accountId: "p0", status: 401, headers: {} })
+        expect((yield* lifecycle.info("p0")).status).toBe("invalid")
+        expect(ids(yield* acquireN(pool, 4))).toEqual(["p1", "p1", "p1", "p1"])
+        yield* lifecycle.update("p0", Redacted.make("static-token-0-replaced"), { validate: false })
+        expect(ids(yield* acquireN(pool, 2))).toContain("p0")
+      })))
+
+  it.effect.prop(
+    "no invalid or limited token is ever handed out",
+    [FastCheck.array(FastCheck.tuple(FastCheck.integer({ min: 0, max: 4 }), FastCheck.constantFrom(200, 401, 429)), { maxLength: 30 })],
+    ([reports]) =>
+      withPool(5, (pool, lifecycle) =>
+        Effect.gen(function*() {
+          for (const [i, status] of reports) {
+            yield* pool.report("test", { accountId: `p${i}`, status, headers: status === 429 ? { "retry-after": "100" } : {} })
+            const lease = yield* Effect.either(pool.acquire("test"))
+            if (Either.isRight(lease)) {
+              const info = yield* lifecycle.info(lease.right.accountId)
+              expect(info.status).toBe("available")
+            }
+          }
+        })).pipe(Effect.scoped),
+    { fastCheck: { numRuns: 15 } }
+  )
+})
+
+describe("SPEC §3.5 exhaustion", () => {
+  it.scoped("when every token is limited, acquire fails with the earliest reset; with a wait it waits for it", () =>
+    withPool(2, (pool) =>
+      Effect.gen(function*() {
+        yield* pool.report("test", { accountId: "p0", status: 429, headers: { "retry-after": "50" } })
+        yield* pool.report("test", { accountId: "p1", status: 429, headers: { "retry-after": "20" } })
+        const error = yield* Effect.flip(pool.acquire("test"))
+        expect(error).toEqual(new TokenPool.PoolExhausted({ pool: "test", retryAt: 20_000 }))
+        const tooShort = yield* Effect.flip(pool.acquire("test", { wait: "10 seconds" }))
+        expect(tooShort._tag).toBe("PoolExhausted")
+        const waiting = yield* Effect.fork(pool.acquire("test", { wait: "1 minute" }))
+        yield* TestClock.adjust("19 seconds")
+        yield* settle
+        expect(waiting.unsafePoll()).toBeNull()
+        yield* TestClock.adjust("1 second")
+        expect((yield* Fiber.join(waiting)).accountId).toBe("p1")
+      })))
+
+  it.scoped("when no token is usable at all, acquire fails with NoUsableToken", () =>
+    withPool(2, (pool) =>
+      Effect.gen(function*() {
+        yield* pool.report("test", { accountId: "p0", status: 401, headers: {} })
+        yield* pool.report("test", { accountId: "p1", status: 401, headers: {} })
+        const error = yield* Effect.flip(pool.acquire("test"))
+        expect(error._tag).toBe("NoUsableToken")
+        expect((yield* Effect.flip(pool.acquire("nonexistent")))._tag).toBe("NoUsableToken")
+      })))
+})
+
+describe("SPEC §3.6 counting and listing", () => {
+  it.scoped("counts available tokens and lists status, limits and last use", () =>
+    withPool(3, (pool) =>
+      Effect.gen(function*() {
+        yield* TestClock.adjust("5 seconds")
+        yield* pool.acquire("test")
+        yield* pool.report("test", { accountId: "p2", status: 429, headers: { "retry-after": "60" } })
+        yield* pool.report("test", { accountId: "p1", status: 401, headers: {} })
+        expect(yield* pool.countAvailable("test")).toBe(1)
+        const listed = yield* pool.list("test")
+        const byId = Object.fromEntries(listed.map((info) => [info.accountId, info]))
+        expect(byId["p0"]!.lastUsedAt).toBe(5000)
+        expect(byId["p1"]!.status).toBe("invalid")
+        expect(byId["p2"]!.status).toBe("rate_limited")
+        expect(listed.every((info) => !JSON.stringify(info).includes("static-token"))).toBe(true)
+        const [summary] = yield* pool.pools
+        expect(summary).toEqual({
+          pool: "test", provider: "test", total: 3, available: 1, rateLimited: 1, invalid: 1, nextResetAt: 65_000
+        })
+      })))
+})
+
+describe("pool state survives a restart", () => {
+  it.scoped("rate limits, invalid marks, last use and acquire counts are persisted", () =>
+    Effect.gen(function*() {
+      const filename = path.join(yield* tempDir, "pool.db")
+      const key = yield* Crypto.generateKey
+      yield* withPool(3, (pool) =>
+        Effect.gen(function*() {
+          yield* TestClock.adjust("1 second")
+          yield* Events.withActor(acquireN(pool, 2), "alice")
+          yield* pool.report("test", { accountId: "p2", status: 429, headers: { "retry-after": "600" } })
+          yield* pool.report("test", { accountId: "p1", status: 401, headers: {} })
+        }), { filename, key })
+      yield* withPool(3, (pool, lifecycle) =>
+        Effect.gen(function*() {
+          const store = yield* TokenStore.TokenStore
+          expect(ids(yield* acquireN(pool, 2))).toEqual(["p0", "p0"])
+          expect((yield* lifecycle.info("p1")).status).toBe("invalid")
+          expect((yield* lifecycle.info("p2")).status).toBe("rate_limited")
+          expect((yield* lifecycle.info("p0")).lastUsedAt).toBe(1000)
+          const acquired = (yield* store.audit({})).filter((e) => e.type === "acquired")
+          expect(acquired.map((e) => [e.accountId, e.actor, e.data["count"]]).sort()).toEqual([["p0", "alice", 1], ["p1", "alice", 1]])
+        }), { filename, key })
+    }))
+})
