@@ -464,6 +464,29 @@ export const make = Effect.gen(function*() {
   const validateWith = (actor: Actor, token: Redacted.Redacted<string>): Effect.Effect<Validation, UpstreamError> =>
     Effect.flatMap(Ref.get(actor.account), (account) => drivers.provider(account).validate(token, account)).pipe(withPolicy)
 
+  /** A new account: the pool defaults to the provider's id. */
+  const accountFrom = (input: NewAccount, at: number) =>
+    new Account({
+      id: input.id,
+      provider: input.provider,
+      pool: input.pool ?? input.provider,
+      source: input.source,
+      label: input.label,
+      createdAt: at
+    })
+
+  /** A new account's state: empty, or holding the token it was registered with. */
+  const initialState = (account: Account, initial: Declared["token"]): TokenState =>
+    initial === undefined ? Token.emptyState : {
+      ...Token.emptyState,
+      token: Option.some({
+        token: initial.token,
+        expiresAt: Option.fromNullable(initial.expiresAt),
+        issuedAt: account.createdAt,
+        origin: account.source._tag === "static" ? "static" : "manual"
+      })
+    }
+
   const service: LifecycleService = {
     get: (id) => Effect.flatMap(lookup(id), getLease),
 
@@ -591,23 +614,8 @@ export const make = Effect.gen(function*() {
           if (!isWellFormedToken(initial.token)) return yield* reject("the token is empty or contains spaces or control characters")
           if (initial.expiresAt !== undefined && initial.expiresAt <= at) return yield* reject("expires_at must be a time in the future")
         }
-        const account = new Account({
-          id: input.id,
-          provider: input.provider,
-          pool: input.pool ?? input.provider,
-          source: input.source,
-          label: input.label,
-          createdAt: at
-        })
-        const state: TokenState = initial === undefined ? Token.emptyState : {
-          ...Token.emptyState,
-          token: Option.some({
-            token: initial.token,
-            expiresAt: Option.fromNullable(initial.expiresAt),
-            issuedAt: at,
-            origin: account.source._tag === "static" ? "static" : "manual"
-          })
-        }
+        const account = accountFrom(input, at)
+        const state = initialState(account, initial)
         const added = yield* Events.make({
           type: "account_added",
           accountId: account.id,
@@ -676,17 +684,6 @@ export const make = Effect.gen(function*() {
 
   // --- startup (SPEC §2.6) ------------------------------------------------------------
 
-  const initialState = (account: Account, initial: Declared["token"]): TokenState =>
-    initial === undefined ? Token.emptyState : {
-      ...Token.emptyState,
-      token: Option.some({
-        token: initial.token,
-        expiresAt: Option.fromNullable(initial.expiresAt),
-        issuedAt: account.createdAt,
-        origin: account.source._tag === "static" ? "static" : "manual"
-      })
-    }
-
   const reconcileDeclared = (loaded: ReadonlyArray<StoredAccount>) =>
     Effect.gen(function*() {
       const declared = yield* DeclaredAccounts
@@ -701,14 +698,7 @@ export const make = Effect.gen(function*() {
           if (token !== undefined && !isWellFormedToken(token.token)) {
             yield* Effect.logWarning(`the declared token of account '${input.id}' is malformed; the account starts without it`)
           }
-          const account = new Account({
-            id: input.id,
-            provider: input.provider,
-            pool: input.pool ?? input.provider,
-            source: input.source,
-            label: input.label,
-            createdAt: at
-          })
+          const account = accountFrom(input, at)
           const usable = token !== undefined && isWellFormedToken(token.token) ? token : undefined
           const entry = { account, state: initialState(account, usable) }
           added.push(entry)

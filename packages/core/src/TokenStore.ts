@@ -301,32 +301,7 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             rows.length === 0 ? Effect.succeedNone : Effect.map(decodeRows(rows), (decoded) => Option.some(decoded[0]!))
           )
         ),
-      addAccount: (account, state, events) =>
-        Effect.gen(function*() {
-          const sourceEnc = yield* keyring.encrypt(
-            Redacted.make(encodeSource(account.source)),
-            sourceAad(account.id)
-          )
-          const tokenEnc = yield* encryptToken(account.id, state)
-          const at = yield* now
-          return yield* immediate(Effect.gen(function*() {
-            const existing = yield* sql`SELECT 1 FROM accounts WHERE account_id = ${account.id}`
-            if (existing.length > 0) return yield* new AccountExists({ accountId: account.id })
-            yield* sql`INSERT INTO accounts ${
-              sql.insert({
-                account_id: account.id,
-                provider: account.provider,
-                pool: account.pool,
-                source_type: account.source._tag,
-                source_enc: sourceEnc,
-                label: account.label ?? null,
-                created_at: account.createdAt
-              })
-            }`
-            yield* upsertState(account.id, state, tokenEnc, at)
-            yield* insertEvents(events)
-          }))
-        }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("add account")(error)))),
+      addAccount: (account, state, events) => service.importAccounts([{ account, state }], events),
       importAccounts: (entries, events = [], options = {}) =>
         Effect.gen(function*() {
           const at = yield* now

@@ -2,7 +2,7 @@ import { HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Errors, Upstream } from "@tessera/core"
-import { Duration, Effect, Either, Fiber, Option, Schema, TestClock } from "effect"
+import { Chunk, Duration, Effect, Either, Fiber, Option, Schedule, Schema, TestClock } from "effect"
 import * as Scripted from "./utils/scriptedServer.js"
 
 const TokenBody = Schema.Struct({ access_token: Schema.String })
@@ -122,6 +122,24 @@ describe("SPEC §2.5 upstream retry policy", () => {
         expect(error.message).not.toContain("12345678901")
         expect(server.calls()).toBe(1)
       }
+    }))
+})
+
+describe("the retry schedule", () => {
+  it.effect("delays grow exponentially from the base, jittered within ±20%, capped at the maximum", () =>
+    Effect.gen(function*() {
+      const policy = { ...Upstream.RetryPolicy.defaultValue(), maxAttempts: 10 }
+      const failure = new Errors.UpstreamError({ kind: "server", operation: "x", status: 503, detail: "", retryAfterMs: null })
+      const delays = yield* Schedule.run(Schedule.delays(Upstream.retrySchedule(policy)), 0, Array(12).fill(failure)).pipe(
+        // the run also reports the step that stops the schedule: the 9 waits of 10 attempts come first
+        Effect.map((chunk) => Chunk.toReadonlyArray(chunk).slice(0, 9).map(Duration.toMillis))
+      )
+      delays.forEach((delay, n) => {
+        const step = 1000 * 2 ** n
+        expect(delay).toBeGreaterThanOrEqual(Math.min(0.8 * step, 30_000))
+        expect(delay).toBeLessThanOrEqual(Math.min(1.2 * step, 30_000))
+      })
+      expect(delays.some((delay, n) => delay !== Math.min(1000 * 2 ** n, 30_000))).toBe(true)
     }))
 })
 
