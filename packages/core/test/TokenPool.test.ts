@@ -150,6 +150,21 @@ describe("SPEC §3.4 invalid tokens", () => {
         expect(ids(yield* acquireN(pool, 2))).toContain("p0")
       })))
 
+  it.scoped("an invalid token that validates again is back in rotation", () =>
+    Effect.gen(function*() {
+      const upstream = yield* TestUpstream.make()
+      yield* upstream.accept("static-token-0-abcdef")
+      yield* Effect.gen(function*() {
+        const lifecycle = yield* Lifecycle.Lifecycle
+        const pool = yield* TokenPool.TokenPool
+        yield* lifecycle.add(TestUpstream.staticAccount("p0"), { token: Redacted.make("static-token-0-abcdef") })
+        yield* pool.report("test", { accountId: "p0", status: 401, headers: {} })
+        expect((yield* Effect.flip(pool.acquire("test")))._tag).toBe("NoUsableToken")
+        expect((yield* lifecycle.validate("p0")).valid).toBe(true)
+        expect((yield* pool.acquire("test")).accountId).toBe("p0")
+      }).pipe(Effect.provide(TestUpstream.layer(upstream)))
+    }))
+
   it.effect.prop(
     "no invalid or limited token is ever handed out",
     [FastCheck.array(FastCheck.tuple(FastCheck.integer({ min: 0, max: 4 }), FastCheck.constantFrom(200, 401, 429)), { maxLength: 30 })],
