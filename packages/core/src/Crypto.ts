@@ -181,6 +181,10 @@ const unseal = (
   blob: Uint8Array,
   aad: string
 ): Either.Either<Redacted.Redacted<string>, DecryptionFailed | UnknownEncryptionKey> => {
+  // Values come from disk: a column that holds text or a number is damage, not a crash.
+  if (!(blob instanceof Uint8Array)) {
+    return Either.left(new DecryptionFailed({ keyId: "", context: aad, reason: "the stored value is not binary data" }))
+  }
   const keyId = blob.length >= NONCE_OFFSET ? hex(blob.subarray(1, NONCE_OFFSET)) : ""
   const failed = (reason: string) => Either.left(new DecryptionFailed({ keyId, context: aad, reason }))
   if (blob.length < MIN_BLOB_BYTES) {

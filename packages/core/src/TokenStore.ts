@@ -73,6 +73,13 @@ export interface TokenStoreService {
   ) => Effect.Effect<void, StoreError>
   readonly appendAudit: (events: ReadonlyArray<TokenEvent>) => Effect.Effect<void, StoreError>
   readonly audit: (query: AuditQuery) => Effect.Effect<ReadonlyArray<AuditEntry>, StoreError>
+  /**
+   * Re-encrypts every stored secret that is not under the keyring's primary key, in one
+   * transaction: interrupted, nothing changes; done, no value needs an older key any more.
+   */
+  readonly reencrypt: Effect.Effect<{ readonly rewritten: number }, StoreError | CryptoError>
+  /** How many stored values each key id protects. */
+  readonly keyUsage: Effect.Effect<ReadonlyMap<string, number>, StoreError>
   /** Whether the database answers: for health checks. */
   readonly ping: Effect.Effect<void, StoreError>
 }
@@ -405,6 +412,45 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             })
           )
         }).pipe(Effect.mapError(storeError("read audit"))),
+      reencrypt: immediate(Effect.gen(function*() {
+        const primary = keyring.primary.id
+        let rewritten = 0
+        const sources = yield* sql<{ account_id: string; source_enc: Uint8Array }>`SELECT account_id, source_enc FROM accounts`
+        for (const row of sources) {
+          if (keyring.keyIdOf(row.source_enc) === primary) continue
+          const aad = sourceAad(row.account_id)
+          const blob = yield* keyring.encrypt(yield* keyring.decrypt(row.source_enc, aad), aad)
+          yield* sql`UPDATE accounts SET source_enc = ${blob} WHERE account_id = ${row.account_id}`
+          rewritten++
+        }
+        const tokens = yield* sql<{ account_id: string; token_enc: Uint8Array }>`SELECT account_id, token_enc FROM token_state WHERE token_enc IS NOT NULL`
+        for (const row of tokens) {
+          if (keyring.keyIdOf(row.token_enc) === primary) continue
+          const aad = tokenAad(row.account_id)
+          const blob = yield* keyring.encrypt(yield* keyring.decrypt(row.token_enc, aad), aad)
+          yield* sql`UPDATE token_state SET token_enc = ${blob} WHERE account_id = ${row.account_id}`
+          rewritten++
+        }
+        const check = yield* sql<{ value: Uint8Array }>`SELECT value FROM meta WHERE key = 'key_check'`
+        if (check.length > 0 && keyring.keyIdOf(check[0]!.value) !== primary) {
+          const blob = yield* keyring.encrypt(yield* keyring.decrypt(check[0]!.value, KEY_CHECK_AAD), KEY_CHECK_AAD)
+          yield* sql`UPDATE meta SET value = ${blob} WHERE key = 'key_check'`
+          rewritten++
+        }
+        return { rewritten }
+      })).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("re-encrypt")(error)))),
+      keyUsage: Effect.gen(function*() {
+        const usage = new Map<string, number>()
+        const count = (blob: Uint8Array | null) => {
+          if (blob === null) return
+          const id = keyring.keyIdOf(blob) ?? "unreadable"
+          usage.set(id, (usage.get(id) ?? 0) + 1)
+        }
+        for (const row of yield* sql<{ blob: Uint8Array }>`SELECT source_enc AS blob FROM accounts`) count(row.blob)
+        for (const row of yield* sql<{ blob: Uint8Array | null }>`SELECT token_enc AS blob FROM token_state`) count(row.blob)
+        for (const row of yield* sql<{ blob: Uint8Array }>`SELECT value AS blob FROM meta WHERE key = 'key_check'`) count(row.blob)
+        return usage as ReadonlyMap<string, number>
+      }).pipe(Effect.mapError(storeError("key usage"))),
       ping: sql`SELECT 1`.pipe(Effect.asVoid, Effect.mapError(storeError("ping")))
     }
     return service

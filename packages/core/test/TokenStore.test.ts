@@ -135,6 +135,18 @@ describe("TokenStore", () => {
       expect(error.message).toContain(key.id)
     }))
 
+  it.scoped("a stored value of the wrong type is a typed error, not a crash", () =>
+    Effect.gen(function*() {
+      const file = path.join(yield* tempDir, "t.db")
+      const key = yield* Crypto.generateKey
+      yield* withStore(file, key, (store) => store.addAccount(passwordAccount, fullState, []))
+      const db = new Database(file)
+      db.prepare("UPDATE token_state SET token_enc = 'not a blob' WHERE account_id = 'amp-main'").run()
+      db.close()
+      const error = yield* Effect.flip(withStore(file, key, (store) => store.loadAll))
+      expect(error._tag).toBe("DecryptionFailed")
+    }))
+
   it.scoped("the audit log is append-only", () =>
     Effect.gen(function*() {
       const file = path.join(yield* tempDir, "t.db")
@@ -156,6 +168,45 @@ describe("TokenStore", () => {
       expect(error._tag).toBe("AccountExists")
       const loaded = yield* withStore(file, key, (store) => store.loadAll)
       expect(Option.isSome(loaded[0]!.state.token)).toBe(true)
+    }))
+
+  it.scoped("re-encryption moves every stored secret to the new key; the old key can then go", () =>
+    Effect.gen(function*() {
+      const file = path.join(yield* tempDir, "t.db")
+      const oldKey = yield* Crypto.generateKey
+      const newKey = yield* Crypto.generateKey
+      const other = new Account.Account({ ...passwordAccount, id: accountId("other") })
+      yield* withStore(file, oldKey, (store) =>
+        Effect.zipRight(store.addAccount(passwordAccount, fullState, []), store.addAccount(other, Token.emptyState, [])))
+      const both = TokenStore.layerSqlite(file).pipe(Layer.provide(Crypto.layerKeys([newKey, oldKey])))
+      const result = yield* Effect.scoped(Effect.flatMap(TokenStore.TokenStore, (store) =>
+        Effect.all([store.reencrypt, store.keyUsage])).pipe(Effect.provide(both)))
+      expect(result[0].rewritten).toBe(4) // two sources, one token, the key check
+      expect([...result[1].keys()]).toEqual([newKey.id])
+      const loaded = yield* withStore(file, newKey, (store) => store.loadAll)
+      expect(Redacted.value(Option.getOrThrow(loaded.find((a) => a.account.id === "amp-main")!.state.token).token)).toBe(TOKEN)
+    }))
+
+  it.scoped("an interrupted re-encryption changes nothing", () =>
+    Effect.gen(function*() {
+      const file = path.join(yield* tempDir, "t.db")
+      const oldKey = yield* Crypto.generateKey
+      const newKey = yield* Crypto.generateKey
+      const other = new Account.Account({ ...passwordAccount, id: accountId("zz-other") })
+      yield* withStore(file, oldKey, (store) =>
+        Effect.zipRight(store.addAccount(passwordAccount, fullState, []), store.addAccount(other, fullState, [])))
+      const db = new Database(file)
+      // the last row the rotation reaches is damaged: same key id, garbage after it
+      const row = db.prepare("SELECT token_enc FROM token_state WHERE account_id = 'zz-other'").get() as { token_enc: Buffer }
+      const damaged = Buffer.concat([row.token_enc.subarray(0, 9), Buffer.alloc(40, 7)])
+      db.prepare("UPDATE token_state SET token_enc = ? WHERE account_id = 'zz-other'").run(damaged)
+      db.close()
+      const both = TokenStore.layerSqlite(file).pipe(Layer.provide(Crypto.layerKeys([newKey, oldKey])))
+      const error = yield* Effect.flip(Effect.scoped(Effect.flatMap(TokenStore.TokenStore, (store) => store.reencrypt).pipe(Effect.provide(both))))
+      expect(error._tag).toBe("DecryptionFailed")
+      const usage = yield* withStore(file, oldKey, (store) => store.keyUsage)
+      expect(usage.get(newKey.id)).toBeUndefined()
+      expect(usage.get(oldKey.id)).toBe(5) // two sources, two tokens, the key check
     }))
 
   it.scoped("two processes writing one database file concurrently lose nothing and never see SQLITE_BUSY", () =>
