@@ -153,9 +153,14 @@ export const make = Effect.gen(function*() {
         onSome: Effect.succeed
       }))
 
-  const infoOf = (actor: Actor) =>
+  /** The public view; a pool's record of the last hand-out is fresher than the saved state. */
+  const infoOf = (actor: Actor): Effect.Effect<TokenInfo> =>
     Effect.all([Ref.get(actor.account), Ref.get(actor.state), now]).pipe(
-      Effect.map(([account, state, at]) => Token.info(account, state, at))
+      Effect.map(([account, state, at]) => {
+        const used = pools.usedAt(actor, account.pool)
+        const fresher = used !== undefined && used > Option.getOrElse(state.lastUsedAt, () => 0)
+        return Token.info(account, fresher ? { ...state, lastUsedAt: Option.some(used) } : state, at)
+      })
     )
 
   /**

@@ -66,9 +66,12 @@ export interface TokenStoreService {
     events: ReadonlyArray<TokenEvent>,
     source?: SourceConfig
   ) => Effect.Effect<void, StoreError>
-  /** Writes many accounts' states and the events in one transaction: for coalesced writes. */
-  readonly saveMany: (
-    states: ReadonlyArray<{ readonly id: AccountId; readonly state: TokenState }>,
+  /**
+   * Records usage — last use and rate-limit state, which need no encryption — for many
+   * accounts, with the events, in one transaction: the coalesced write of busy pools.
+   */
+  readonly saveUsage: (
+    usage: ReadonlyArray<{ readonly id: AccountId; readonly state: TokenState }>,
     events: ReadonlyArray<TokenEvent>
   ) => Effect.Effect<void, StoreError>
   readonly appendAudit: (events: ReadonlyArray<TokenEvent>) => Effect.Effect<void, StoreError>
@@ -193,6 +196,15 @@ const eventRow = (event: TokenEvent) => ({
 
 const decodeAuditRow = Schema.decodeUnknownSync(AuditEntry)
 
+/** Rows per statement in bulk writes (well under SQLite's parameter limit). */
+const CHUNK = 500
+
+const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
+  const chunks: Array<ReadonlyArray<A>> = []
+  for (let i = 0; i < items.length; i += size) chunks.push(items.slice(i, i + size))
+  return chunks
+}
+
 /** The SQLite store. Requires a `SqlClient` for SQLite and the keyring. */
 export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, SqlClient.SqlClient | Crypto.Keyring> =
   Effect.gen(function*() {
@@ -285,8 +297,13 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
         onSome: (record) => keyring.encrypt(record.token, tokenAad(id))
       })
 
+    // SQLite takes at most 32,766 parameters a statement: large writes go in chunks.
     const insertEvents = (events: ReadonlyArray<TokenEvent>) =>
-      events.length === 0 ? Effect.void : Effect.asVoid(sql`INSERT INTO audit_log ${sql.insert(events.map(eventRow))}`)
+      Effect.forEach(
+        chunksOf(events, CHUNK),
+        (chunk) => sql`INSERT INTO audit_log ${sql.insert(chunk.map(eventRow))}`,
+        { discard: true }
+      )
 
     const upsertState = (id: string, state: TokenState, tokenEnc: Uint8Array | null, now: number) => {
       const row = { account_id: id, token_enc: tokenEnc, ...stateColumns(state), updated_at: now }
@@ -335,8 +352,7 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             }))
           const skipped = new Set<string>()
           yield* immediate(Effect.gen(function*() {
-            for (let i = 0; i < rows.length; i += 500) {
-              const chunk = rows.slice(i, i + 500)
+            for (const chunk of chunksOf(rows, CHUNK)) {
               const ids = chunk.map((row) => row.account.account_id)
               const existing = yield* sql<{ account_id: string }>`SELECT account_id FROM accounts WHERE ${sql.in("account_id", ids)}`
               if (existing.length > 0 && options.skipExisting !== true) {
@@ -375,20 +391,20 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             yield* insertEvents(events)
           }))
         }).pipe(Effect.mapError(storeError("save token state"))),
-      saveMany: (states, events) =>
-        Effect.gen(function*() {
-          const encrypted = yield* Effect.forEach(states, ({ id, state }) =>
-            Effect.map(encryptToken(id, state), (tokenEnc) => ({ id, state, tokenEnc })))
-          const at = yield* now
-          yield* immediate(Effect.gen(function*() {
-            for (const { id, state, tokenEnc } of encrypted) {
-              // an account removed meanwhile has no row to update
-              const exists = yield* sql`SELECT 1 FROM accounts WHERE account_id = ${id}`
-              if (exists.length > 0) yield* upsertState(id, state, tokenEnc, at)
-            }
-            yield* insertEvents(events)
-          }))
-        }).pipe(Effect.mapError(storeError("save token states"))),
+      saveUsage: (usage, events) =>
+        immediate(Effect.gen(function*() {
+          for (const chunk of chunksOf(usage, CHUNK)) {
+            const rows = chunk.map(({ id, state }) => {
+              const columns = stateColumns(state)
+              return sql`(${id}, ${columns.last_used_at}, ${columns.rl_limit}, ${columns.rl_remaining}, ${columns.rl_reset_at}, ${columns.rl_resource}, ${columns.rl_limited})`
+            })
+            // accounts removed meanwhile simply match no row
+            yield* sql`UPDATE token_state SET last_used_at = v.column2, rl_limit = v.column3, rl_remaining = v.column4,
+              rl_reset_at = v.column5, rl_resource = v.column6, rl_limited = v.column7
+              FROM (VALUES ${sql.csv(rows)}) AS v WHERE token_state.account_id = v.column1`
+          }
+          yield* insertEvents(events)
+        })).pipe(Effect.mapError(storeError("save usage"))),
       appendAudit: (events) => insertEvents(events).pipe(Effect.mapError(storeError("append audit"))),
       audit: (query) =>
         Effect.gen(function*() {

@@ -55,6 +55,24 @@ describe("SPEC §3.1 least-recently-used rotation", () => {
         expect(ids(yield* acquireN(pool, 3))).toEqual(["p0", "p1", "p2"])
       })))
 
+  it("rotates a pool of 5,000 strictly in least-recently-used order, also after members leave and return", () => {
+    const index = new PoolIndex<number>()
+    for (let i = 0; i < 5000; i++) index.set(`m${i}`, i, 0, { _tag: "available" })
+    const take = (n: number, at: number) =>
+      Array.from({ length: n }, () => {
+        const result = index.acquire(at, () => ({ _tag: "available" }))
+        return result._tag === "acquired" ? result.member.value : -1
+      })
+    const first = take(5000, 1)
+    expect(first).toEqual(Array.from({ length: 5000 }, (_, i) => i))
+    // take 100 out, rotate, put them back: they were used longest ago, so they come first
+    for (let i = 0; i < 100; i++) index.set(`m${i}`, i, 0, { _tag: "out" })
+    expect(take(4900, 2)).toEqual(Array.from({ length: 4900 }, (_, i) => i + 100))
+    for (let i = 0; i < 100; i++) index.set(`m${i}`, i, 0, { _tag: "available" })
+    expect(take(200, 3)).toEqual([...Array.from({ length: 100 }, (_, i) => i), ...Array.from({ length: 100 }, (_, i) => i + 100)])
+    expect(index.countAvailable(3)).toBe(5000)
+  })
+
   it.effect.prop(
     "the index always picks what a linear scan for the least recently used would pick",
     [FastCheck.array(

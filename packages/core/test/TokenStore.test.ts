@@ -209,6 +209,24 @@ describe("TokenStore", () => {
       expect(usage.get(oldKey.id)).toBe(5) // two sources, two tokens, the key check
     }))
 
+  it.scoped("usage of 6,000 accounts and 6,000 audit records are saved in one call (beyond SQLite's parameter limit)", () =>
+    Effect.gen(function*() {
+      const file = path.join(yield* tempDir, "t.db")
+      const key = yield* Crypto.generateKey
+      const n = 6000
+      const accounts = Array.from({ length: n }, (_, i) => new Account.Account({ ...passwordAccount, id: accountId(`u-${i}`) }))
+      yield* withStore(file, key, (store) =>
+        Effect.gen(function*() {
+          yield* store.importAccounts(accounts.map((account) => ({ account, state: fullState })))
+          const used = accounts.map((account, i) => ({ id: account.id, state: { ...fullState, lastUsedAt: Option.some(10_000 + i) } }))
+          const events = yield* Effect.forEach(accounts, (account) => Events.make({ type: "acquired", accountId: account.id }))
+          yield* store.saveUsage(used, events)
+        }))
+      const [loaded, audit] = yield* withStore(file, key, (store) => Effect.all([store.loadAll, store.audit({ limit: 10_000 })]))
+      expect(loaded.every((entry) => Option.isSome(entry.state.lastUsedAt) && Option.getOrThrow(entry.state.lastUsedAt) >= 10_000)).toBe(true)
+      expect(audit).toHaveLength(n)
+    }), { timeout: 60_000 })
+
   it.scoped("two processes writing one database file concurrently lose nothing and never see SQLITE_BUSY", () =>
     Effect.gen(function*() {
       const file = path.join(yield* tempDir, "shared.db")

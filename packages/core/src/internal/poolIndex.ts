@@ -2,8 +2,10 @@
  * The rotation of one pool (SPEC §3.1, §3.3, §3.5): which token to hand out next, in
  * least-recently-used order, without scanning the pool.
  *
- * Tokens in rotation sit in a `Map` in the order they were last handed out, so the front is
- * the least recently used and handing one out moves it to the back: O(1). A token that
+ * Tokens in rotation sit in a doubly-linked list in the order they were last handed out, so
+ * the head is the least recently used and handing one out moves it to the tail: O(1). (A
+ * `Map` used as a queue is not: entries deleted at its front stay behind as holes that every
+ * walk to the first entry steps over, which makes each hand-out linear in the pool.) A token that
  * (re-)enters rotation — new, back from a rate limit, valid again — has an older last use
  * than tokens already there, so it waits in a small heap by last use; `acquire` takes
  * whichever of the two fronts was used longest ago. Rate-limited tokens sit in a heap by
@@ -30,8 +32,11 @@ export interface Member<T> {
   stamp: number
   version: number
   standing: Standing
-  /** Where the member waits while available: in the rotation map or the returning heap. */
+  /** Where the member waits while available: in the rotation list or the returning heap. */
   place: "rotation" | "returning" | "none"
+  /** Neighbours in the rotation list, while there. */
+  prev: Member<T> | undefined
+  next: Member<T> | undefined
 }
 
 interface Returning<T> {
@@ -57,7 +62,9 @@ const olderThan = (a: { lastUsed: number; stamp: number }, b: { lastUsed: number
 
 export class PoolIndex<T> {
   private readonly members = new Map<string, Member<T>>()
-  private readonly rotation = new Map<string, Member<T>>()
+  private head: Member<T> | undefined = undefined
+  private tail: Member<T> | undefined = undefined
+  private inRotation = 0
   private readonly returning = new Heap<Returning<T>>(olderThan)
   private readonly limited = new Heap<Limited<T>>((a, b) => a.until < b.until)
   private returningLive = 0
@@ -84,7 +91,17 @@ export class PoolIndex<T> {
   set(id: string, value: T, lastUsed: number, standing: Standing): void {
     let member = this.members.get(id)
     if (member === undefined) {
-      member = { id, value, lastUsed, stamp: ++this.stamps, version: 0, standing: { _tag: "out" }, place: "none" }
+      member = {
+        id,
+        value,
+        lastUsed,
+        stamp: ++this.stamps,
+        version: 0,
+        standing: { _tag: "out" },
+        place: "none",
+        prev: undefined,
+        next: undefined
+      }
       this.members.set(id, member)
     }
     member.value = value
@@ -119,10 +136,30 @@ export class PoolIndex<T> {
   private leave(member: Member<T>): void {
     member.version++
     if (member.standing._tag === "limited") this.limitedLive--
-    if (member.place === "rotation") this.rotation.delete(member.id)
+    if (member.place === "rotation") this.unlink(member)
     else if (member.place === "returning") this.returningLive--
     member.place = "none"
     this.compactIfStale()
+  }
+
+  private append(member: Member<T>): void {
+    member.prev = this.tail
+    member.next = undefined
+    if (this.tail === undefined) this.head = member
+    else this.tail.next = member
+    this.tail = member
+    member.place = "rotation"
+    this.inRotation++
+  }
+
+  private unlink(member: Member<T>): void {
+    if (member.prev === undefined) this.head = member.next
+    else member.prev.next = member.next
+    if (member.next === undefined) this.tail = member.prev
+    else member.next.prev = member.prev
+    member.prev = undefined
+    member.next = undefined
+    this.inRotation--
   }
 
   /** Stale heap entries are skipped when they surface; drop them before they pile up. */
@@ -160,16 +197,15 @@ export class PoolIndex<T> {
     this.release(now)
     for (;;) {
       const waiting = this.frontOfReturning()
-      const front = this.rotation.values().next()
-      const inRotation = front.done ? undefined : front.value
+      const front = this.head
       let member: Member<T> | undefined
-      if (waiting !== undefined && (inRotation === undefined || olderThan(waiting, inRotation))) {
+      if (waiting !== undefined && (front === undefined || olderThan(waiting, front))) {
         this.returning.pop()
         this.returningLive--
         member = waiting.member
-      } else if (inRotation !== undefined) {
-        this.rotation.delete(inRotation.id)
-        member = inRotation
+      } else if (front !== undefined) {
+        this.unlink(front)
+        member = front
       }
       if (member === undefined) break
       member.place = "none"
@@ -182,8 +218,7 @@ export class PoolIndex<T> {
       }
       member.lastUsed = Math.max(now, member.lastUsed)
       member.stamp = ++this.stamps
-      this.rotation.set(member.id, member)
-      member.place = "rotation"
+      this.append(member)
       return { _tag: "acquired", member }
     }
     const earliest = this.earliestReset()
@@ -202,7 +237,7 @@ export class PoolIndex<T> {
   /** Members that can be handed out now. */
   countAvailable(now: number): number {
     this.release(now)
-    return this.rotation.size + this.returningLive
+    return this.inRotation + this.returningLive
   }
 
   countLimited(now: number): number {

@@ -16,7 +16,7 @@ import type { DriversService } from "../Source.js"
 import * as Token from "../Token.js"
 import type { Lease, TokenInfo, TokenRecord, TokenState } from "../Token.js"
 import { NoUsableToken, PoolExhausted } from "../TokenPool.js"
-import type { PoolSummary, TokenPoolService } from "../TokenPool.js"
+import type { AcquireError, PoolSummary, TokenPoolService } from "../TokenPool.js"
 import type { TokenStoreService } from "../TokenStore.js"
 import { PoolIndex } from "./poolIndex.js"
 import type { Standing } from "./poolIndex.js"
@@ -63,8 +63,12 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     const indexes = new Map<string, PoolIndex<Entry<A>>>()
     const byToken = new Map<string, string>()
     const tokenOf = new Map<string, string>()
+    /** Actors whose usage (last use, rate-limit counters) is not saved yet. */
     const dirty = new Set<A>()
-    const acquires = new Map<string, { accountId: string; actor: string; count: number; first: number }>()
+    /** Acquires not yet in the audit log: by who acquired, then by account. */
+    const acquires = new Map<string, Map<A, { count: number; first: number }>>()
+    /** Whether the flusher has been told there is work (told once per flush). */
+    let signalled = false
 
     const indexFor = (pool: string) => {
       let index = indexes.get(pool)
@@ -110,42 +114,58 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
 
     // --- coalesced writes -------------------------------------------------------------
 
+    // The flusher sleeps only while there is something to write: an idle service has no timer.
+    const pending = yield* Queue.sliding<void>(1)
+    const signal = () => {
+      if (signalled) return
+      signalled = true
+      pending.unsafeOffer(undefined)
+    }
+
+    /** The pool's record of a member's last use is the freshest; the state catches up here. */
+    const usedAt = (actor: A, pool: string): number | undefined => indexes.get(pool)?.get(actor.id)?.lastUsed
+
     const flush = Effect.gen(function*() {
+      signalled = false
       if (dirty.size === 0 && acquires.size === 0) return
       const actors = [...dirty]
       dirty.clear()
-      const counted = [...acquires.values()]
+      const counted = [...acquires].flatMap(([who, byAccount]) =>
+        [...byAccount].map(([actor, { count, first }]) => ({ who, actor, count, first }))
+      )
       acquires.clear()
-      const states = yield* Effect.forEach(actors, (actor) => Effect.map(Ref.get(actor.state), (state) => ({ id: actor.id, state })))
-      const audit = counted.map(({ accountId, actor, count, first }) =>
+      const usage = yield* Effect.forEach(actors, (actor) =>
+        Effect.gen(function*() {
+          const pool = (yield* Ref.get(actor.account)).pool
+          const used = usedAt(actor, pool)
+          const state = yield* Ref.updateAndGet(actor.state, (current) =>
+            used !== undefined && used > Option.getOrElse(current.lastUsedAt, () => 0)
+              ? { ...current, lastUsedAt: Option.some(used) }
+              : current)
+          return { id: actor.id, state }
+        }))
+      const audit = counted.map(({ actor, count, first, who }) =>
         new Events.TokenEvent({
           type: "acquired",
-          accountId,
+          accountId: actor.id,
           at: first,
-          actor,
+          actor: who,
           outcome: "success",
           detail: count === 1 ? "token handed out" : `token handed out ${count} times`,
           data: { count }
         })
       )
-      yield* deps.store.saveMany(states, audit).pipe(
+      yield* deps.store.saveUsage(usage, audit).pipe(
         Effect.catchAll((error) =>
           Effect.gen(function*() {
             for (const actor of actors) dirty.add(actor)
-            yield* changed
-            for (const entry of counted) {
-              const key = `${entry.actor}\u0000${entry.accountId}`
-              const current = acquires.get(key)
-              acquires.set(key, current === undefined ? entry : { ...current, count: current.count + entry.count })
-            }
+            for (const entry of counted) countAcquire(entry.who, entry.actor, entry.first, entry.count)
+            signal()
             yield* Effect.logWarning(`could not save pool usage, will retry: ${error.message}`)
           })
         )
       )
     })
-    // The flusher sleeps only while there is something to write: an idle service has no timer.
-    const pending = yield* Queue.sliding<void>(1)
-    const changed = Queue.offer(pending, undefined)
     yield* Effect.addFinalizer(() => flush)
     yield* Queue.take(pending).pipe(
       Effect.zipRight(Effect.sleep(deps.flushInterval)),
@@ -153,6 +173,17 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       Effect.forever,
       Effect.forkScoped
     )
+
+    const countAcquire = (who: string, actor: A, at: number, count = 1) => {
+      let byAccount = acquires.get(who)
+      if (byAccount === undefined) {
+        byAccount = new Map()
+        acquires.set(who, byAccount)
+      }
+      const counted = byAccount.get(actor)
+      if (counted === undefined) byAccount.set(actor, { count, first: at })
+      else counted.count += count
+    }
 
     // --- recoveries -------------------------------------------------------------------
 
@@ -189,46 +220,33 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     const noMembers = (pool: string) =>
       new NoUsableToken({ pool, reason: indexes.get(pool)?.size ? "every token is invalid, missing or expired" : "the pool has no tokens" })
 
-    const acquireOnce = (pool: string) =>
-      Effect.gen(function*() {
-        const at = yield* Clock.currentTimeMillis
-        const index = indexes.get(pool)
-        if (index === undefined) return { _tag: "none" } as const
-        return index.acquire(at, usable(at))
-      })
-
-    const markUsed = (entry: Entry<A>, at: number) =>
-      Effect.gen(function*() {
-        const who = yield* Events.CurrentActor
-        yield* Ref.update(entry.actor.state, (state) => ({ ...state, lastUsedAt: Option.some(at) }))
-        dirty.add(entry.actor)
-        yield* changed
-        const key = `${who}\u0000${entry.actor.id}`
-        const counted = acquires.get(key)
-        if (counted === undefined) acquires.set(key, { accountId: entry.actor.id, actor: who, count: 1, first: at })
-        else counted.count++
-      })
-
+    /**
+     * The hot path: one clock read and one actor read, then plain synchronous work; a wait
+     * for a reset is the only effect in the loop.
+     */
     const acquire: TokenPoolService["acquire"] = (pool, options = {}) =>
-      Effect.gen(function*() {
-        const started = yield* Clock.currentTimeMillis
-        const deadline = options.wait === undefined ? started : started + Duration.toMillis(Duration.decode(options.wait))
-        for (;;) {
-          const result = yield* acquireOnce(pool)
-          if (result._tag === "acquired") {
-            const entry = result.member.value
-            const record = entry.record
-            // `usable` admits only members with a token; anything else is tried again
-            if (record === undefined) continue
-            yield* markUsed(entry, yield* Clock.currentTimeMillis)
-            return lease(entry, record)
+      Effect.flatMap(Events.CurrentActor, (who) =>
+        Effect.clockWith((clock) => {
+          const started = clock.unsafeCurrentTimeMillis()
+          const deadline = options.wait === undefined ? started : started + Duration.toMillis(Duration.decode(options.wait))
+          const attempt = (): Effect.Effect<Lease, AcquireError> => {
+            const at = clock.unsafeCurrentTimeMillis()
+            const result = indexes.get(pool)?.acquire(at, usable(at)) ?? { _tag: "none" as const }
+            if (result._tag === "acquired") {
+              const entry = result.member.value
+              // `usable` admits only members with a token
+              if (entry.record === undefined) return attempt()
+              dirty.add(entry.actor)
+              countAcquire(who, entry.actor, at)
+              signal()
+              return Effect.succeed(lease(entry, entry.record))
+            }
+            if (result._tag === "none") return Effect.fail(noMembers(pool))
+            if (result.retryAt > deadline) return Effect.fail(new PoolExhausted({ pool, retryAt: result.retryAt }))
+            return Effect.zipRight(Effect.sleep(Math.max(0, result.retryAt - at)), Effect.suspend(attempt))
           }
-          if (result._tag === "none") return yield* noMembers(pool)
-          if (result.retryAt > deadline) return yield* new PoolExhausted({ pool, retryAt: result.retryAt })
-          const at = yield* Clock.currentTimeMillis
-          yield* Effect.sleep(Math.max(0, result.retryAt - at))
-        }
-      })
+          return attempt()
+        }))
 
     const report: TokenPoolService["report"] = (pool, input) =>
       Effect.gen(function*() {
@@ -279,7 +297,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
           yield* Ref.set(actor.state, next)
           yield* sync(actor)
           dirty.add(actor)
-          yield* changed
+          signal()
         }
         return yield* deps.info(actor)
       })
@@ -335,8 +353,12 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       })
     }
     /** Notes a use outside the pool (a direct `get`) so its time is saved with the next flush. */
-    const touch = (actor: A) => Effect.zipRight(Effect.sync(() => void dirty.add(actor)), changed)
+    const touch = (actor: A) =>
+      Effect.sync(() => {
+        dirty.add(actor)
+        signal()
+      })
 
-    return { service, sync, remove, touch, flush }
+    return { service, sync, remove, touch, flush, usedAt }
   })
 
