@@ -1,9 +1,10 @@
 // `pnpm bench`: every benchmark, one after the other, printed as a table and as JSON.
 import * as lifecycle from "./lifecycle.mjs"
+import * as pool from "./pool.mjs"
 
 const fmt = (n) => typeof n === "number" ? (Number.isInteger(n) ? n.toLocaleString("en-US") : n.toFixed(1)) : String(n)
 
-const sections = [["lifecycle (10,000 accounts)", lifecycle]]
+const sections = [["lifecycle (10,000 accounts)", lifecycle], ["pool acquire", pool]]
 const all = {}
 for (const [name, bench] of sections) {
   const results = await bench.run()
