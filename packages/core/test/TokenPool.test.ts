@@ -128,6 +128,23 @@ describe("SPEC §3.1 least-recently-used rotation", () => {
   )
 })
 
+describe("withToken", () => {
+  it.scoped("runs the work with a leased token and reports what the upstream answered", () =>
+    withPool(2, (pool, lifecycle) =>
+      Effect.gen(function*() {
+        const seen = yield* pool.withToken(
+          "test",
+          (lease) => Effect.succeed({ status: 429, headers: { "retry-after": "30" }, token: Redacted.value(lease.token) }),
+          { observe: (exit) => exit._tag === "Success" ? { status: exit.value.status, headers: exit.value.headers } : undefined }
+        )
+        expect(seen.token).toBe("static-token-0-abcdef")
+        expect((yield* lifecycle.info("p0")).status).toBe("rate_limited")
+        const failed = yield* Effect.flip(pool.withToken("test", () => Effect.fail("boom" as const)))
+        expect(failed).toBe("boom")
+        expect(ids(yield* acquireN(pool, 2))).toEqual(["p1", "p1"])
+      })))
+})
+
 describe("SPEC §3.3 rate limits", () => {
   it.scoped("a token limited by a 429 is skipped until its reset and then returns by itself", () =>
     withPool(2, (pool) =>
