@@ -8,7 +8,7 @@
  * are written to the store with their audit records before they take effect in memory, and
  * then published as events.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, HashMap, Layer, Option, Redacted, Ref, Schedule } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, Layer, Option, Redacted, Ref, Schedule } from "effect"
 import { Account, NewAccount, OAuth2Source, sameSource, sourceKind } from "./Account.js"
 import type { AccountId, SourceConfig } from "./Account.js"
 import {
@@ -113,11 +113,15 @@ interface Actor {
   readonly id: AccountId
   readonly account: Ref.Ref<Account>
   readonly state: Ref.Ref<TokenState>
-  /** Serializes commits of this account's state. */
-  readonly lock: Effect.Semaphore
-  readonly flight: SingleFlight.SingleFlight<TokenRecord, RenewError>
+  /**
+   * Serializes commits of this account's state; made on first use, since most restored
+   * accounts never need one (`lockOf`).
+   */
+  lock: Effect.Semaphore | undefined
+  /** The account's single-flight renewal cell; made on first use (`flightOf`). */
+  flight: SingleFlight.SingleFlight<TokenRecord, RenewError> | undefined
   /** Set at startup for an account whose first fetch is still to come: its token's origin is `startup`. */
-  readonly startup: Ref.Ref<boolean>
+  startup: boolean
 }
 
 type Mode = "ensure" | "force"
@@ -140,18 +144,26 @@ export const make = Effect.gen(function*() {
   const flights = yield* FiberSet.make()
   const background = yield* FiberMap.make<string>()
   const upstreamPermits = yield* Effect.makeSemaphore(settings.concurrency)
-  const actors = yield* Ref.make(HashMap.empty<string, Actor>())
+  /** Every account's actor by id; changed only inside `Effect.sync`, so never seen half-updated. */
+  const actors = new Map<string, Actor>()
 
   const now = Clock.currentTimeMillis
   // Upstream calls run in callers' fibers: give them the policy this lifecycle was built with.
   const withPolicy = <A, E>(effect: Effect.Effect<A, E>) => Effect.provideService(effect, RetryPolicy, policy)
 
   const lookup = (id: string): Effect.Effect<Actor, AccountNotFound> =>
-    Effect.flatMap(Ref.get(actors), (map) =>
-      Option.match(HashMap.get(map, id), {
-        onNone: () => Effect.fail(new AccountNotFound({ accountId: id })),
-        onSome: Effect.succeed
-      }))
+    Effect.suspend(() => {
+      const actor = actors.get(id)
+      return actor === undefined ? Effect.fail(new AccountNotFound({ accountId: id })) : Effect.succeed(actor)
+    })
+
+  const lockOf = (actor: Actor): Effect.Semaphore => (actor.lock ??= Effect.unsafeMakeSemaphore(1))
+
+  const flightOf = (actor: Actor): SingleFlight.SingleFlight<TokenRecord, RenewError> =>
+    (actor.flight ??= SingleFlight.unsafeMake<TokenRecord, RenewError>(
+      flights,
+      () => new TokenUnavailable({ accountId: actor.id, status: "missing", reason: "the renewal was cancelled" })
+    ))
 
   /** The public view; a pool's record of the last hand-out is fresher than the saved state. */
   const infoOf = (actor: Actor): Effect.Effect<TokenInfo> =>
@@ -187,25 +199,24 @@ export const make = Effect.gen(function*() {
 
   // --- scheduling -------------------------------------------------------------------
 
+  const renewable = (account: Account) => {
+    const source = drivers.lookupSource(account)
+    return source !== undefined && canRenew(source)
+  }
+
   /** When the account next needs attention: refresh time for renewable tokens, expiry for others. */
-  const nextDue = (actor: Actor) =>
-    Effect.gen(function*() {
-      const state = yield* Ref.get(actor.state)
-      const account = yield* Ref.get(actor.account)
-      if (Option.isSome(state.invalid)) return Option.none<number>()
-      const expiresAt = Option.flatMap(state.token, (record) => record.expiresAt)
-      if (Option.isNone(expiresAt)) return Option.none<number>()
-      const source = yield* Effect.option(drivers.source(account))
-      const renewable = Option.exists(source, canRenew)
-      return Option.some(renewable ? expiresAt.value - windowMs : expiresAt.value)
-    })
+  const dueAt = (account: Account, state: TokenState): number | undefined => {
+    if (Option.isSome(state.invalid)) return undefined
+    const expiresAt = Option.getOrUndefined(Option.flatMap(state.token, (record) => record.expiresAt))
+    if (expiresAt === undefined) return undefined
+    return renewable(account) ? expiresAt - windowMs : expiresAt
+  }
 
   const scheduleNext = (actor: Actor): Effect.Effect<void> =>
-    Effect.flatMap(nextDue(actor), (due) =>
-      Option.match(due, {
-        onNone: () => scheduler.cancel(actor.id),
-        onSome: (at) => scheduler.schedule(actor.id, at)
-      }))
+    Effect.flatMap(Effect.all([Ref.get(actor.account), Ref.get(actor.state)]), ([account, state]) => {
+      const at = dueAt(account, state)
+      return at === undefined ? scheduler.cancel(actor.id) : scheduler.schedule(actor.id, at)
+    })
 
   // --- renewal ------------------------------------------------------------------------
 
@@ -287,7 +298,7 @@ export const make = Effect.gen(function*() {
         Effect.flatMap(attempt, ([issued, how]) => Effect.as(checkIssued(issued, how, start), [issued, how] as const))
       ).pipe(withPolicy, Effect.exit)
 
-      return yield* actor.lock.withPermits(1)(Effect.gen(function*() {
+      return yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
         const at = yield* now
         const latest = yield* Ref.get(actor.state)
         if (Exit.isFailure(result)) {
@@ -304,7 +315,8 @@ export const make = Effect.gen(function*() {
             onSome: Effect.succeed
           })
         }
-        const startup = yield* Ref.getAndSet(actor.startup, false)
+        const startup = actor.startup
+        actor.startup = false
         const origin: TokenOrigin = startup && how === "obtain" ? "startup" : how
         const record: TokenRecord = { token: issued.token, expiresAt: issued.expiresAt, issuedAt: at, origin }
         const next: TokenState = {
@@ -362,7 +374,7 @@ export const make = Effect.gen(function*() {
       )
     })
 
-  const renewOnce = (actor: Actor, mode: Mode) => actor.flight.run(renew(actor, mode))
+  const renewOnce = (actor: Actor, mode: Mode) => flightOf(actor).run(renew(actor, mode))
 
   /** Background retries for an account whose fetch failed: forever, with backoff, until it works. */
   const backgroundSchedule = Schedule.exponential(policy.baseDelay).pipe(
@@ -402,22 +414,14 @@ export const make = Effect.gen(function*() {
 
   // --- actors -------------------------------------------------------------------------
 
-  const makeActor = (account: Account, state: TokenState, startup: boolean) =>
-    Effect.gen(function*() {
-      const id = account.id
-      const actor: Actor = {
-        id,
-        account: yield* Ref.make(account),
-        state: yield* Ref.make(state),
-        lock: yield* Effect.makeSemaphore(1),
-        flight: yield* SingleFlight.make<TokenRecord, RenewError>(
-          flights,
-          () => new TokenUnavailable({ accountId: id, status: "missing", reason: "the renewal was cancelled" })
-        ),
-        startup: yield* Ref.make(startup)
-      }
-      return actor
-    })
+  const makeActor = (account: Account, state: TokenState, startup: boolean): Actor => ({
+    id: account.id,
+    account: Ref.unsafeMake(account),
+    state: Ref.unsafeMake(state),
+    lock: undefined,
+    flight: undefined,
+    startup
+  })
 
   const getLease = (actor: Actor) =>
     Effect.gen(function*() {
@@ -459,7 +463,7 @@ export const make = Effect.gen(function*() {
     })
 
   const invalidate = (actor: Actor, reason: string) =>
-    actor.lock.withPermits(1)(Effect.gen(function*() {
+    lockOf(actor).withPermits(1)(Effect.gen(function*() {
       const at = yield* now
       const state = yield* Ref.get(actor.state)
       const invalidated = yield* event(actor, "invalidated", { outcome: "failure", detail: reason })
@@ -518,7 +522,7 @@ export const make = Effect.gen(function*() {
           }
           username = Option.fromNullable(validation.username)
         }
-        return yield* actor.lock.withPermits(1)(Effect.gen(function*() {
+        return yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
           const state = yield* Ref.get(actor.state)
           const expiresAt = Option.fromNullable(options.expiresAt)
           const record: TokenRecord = { token, expiresAt, issuedAt: at, origin: "manual" }
@@ -548,7 +552,7 @@ export const make = Effect.gen(function*() {
         const record = state.token.value
         const validation = yield* validateWith(actor, record.token)
         const checkedAt = yield* now
-        yield* actor.lock.withPermits(1)(Effect.gen(function*() {
+        yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
           const latest = yield* Ref.get(actor.state)
           if (Option.getOrUndefined(latest.token) !== record) return
           const validated = yield* event(actor, "validated", {
@@ -571,8 +575,8 @@ export const make = Effect.gen(function*() {
     clear: (id) =>
       Effect.gen(function*() {
         const actor = yield* lookup(id)
-        yield* actor.flight.interrupt
-        return yield* actor.lock.withPermits(1)(Effect.gen(function*() {
+        if (actor.flight !== undefined) yield* actor.flight.interrupt
+        return yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
           const state = yield* Ref.get(actor.state)
           const cleared = yield* event(actor, "cleared", { detail: "token forgotten" })
           yield* commit(actor, { ...Token.emptyState, username: state.username, lastUsedAt: state.lastUsedAt }, [cleared])
@@ -605,11 +609,11 @@ export const make = Effect.gen(function*() {
 
     info: (id) => Effect.flatMap(lookup(id), infoOf),
 
-    list: Effect.flatMap(Ref.get(actors), (map) => Effect.forEach(HashMap.values(map), infoOf)),
+    list: Effect.suspend(() => Effect.forEach([...actors.values()], infoOf)),
 
     account: (id) => Effect.flatMap(lookup(id), (actor) => Ref.get(actor.account)),
 
-    accounts: Effect.flatMap(Ref.get(actors), (map) => Effect.forEach(HashMap.values(map), (actor) => Ref.get(actor.account))),
+    accounts: Effect.suspend(() => Effect.forEach([...actors.values()], (actor) => Ref.get(actor.account))),
 
     add: (input, initial) =>
       Effect.gen(function*() {
@@ -627,8 +631,8 @@ export const make = Effect.gen(function*() {
           detail: `${account.provider} account in pool ${account.pool}, ${sourceKind(account.source)} source`
         })
         yield* store.addAccount(account, state, [added])
-        const actor = yield* makeActor(account, state, false)
-        yield* Ref.update(actors, HashMap.set(account.id as string, actor))
+        const actor = makeActor(account, state, false)
+        yield* Effect.sync(() => actors.set(account.id, actor))
         yield* pools.sync(actor)
         yield* events.publish(added)
         yield* scheduleNext(actor)
@@ -639,17 +643,17 @@ export const make = Effect.gen(function*() {
       Effect.gen(function*() {
         const actor = yield* lookup(id)
         const removed = yield* Events.make({ type: "account_removed", accountId: id })
-        yield* actor.lock.withPermits(1)(store.removeAccount(actor.id, [removed]))
-        yield* Ref.update(actors, HashMap.remove(id))
+        yield* lockOf(actor).withPermits(1)(store.removeAccount(actor.id, [removed]))
+        yield* Effect.sync(() => actors.delete(id))
         yield* pools.remove(actor, (yield* Ref.get(actor.account)).pool)
         yield* scheduler.cancel(id)
         yield* FiberMap.remove(background, id)
-        yield* actor.flight.interrupt
+        if (actor.flight !== undefined) yield* actor.flight.interrupt
         yield* events.publish(removed)
       }),
 
     refreshAll: Effect.gen(function*() {
-      const all = HashMap.toValues(yield* Ref.get(actors))
+      const all = [...actors.values()]
       const outcomes = yield* Effect.forEach(all, (actor) =>
         Effect.gen(function*() {
           const account = yield* Ref.get(actor.account)
@@ -678,7 +682,7 @@ export const make = Effect.gen(function*() {
     events,
     lookup,
     info: infoOf,
-    commit: (actor, state, evts) => actor.lock.withPermits(1)(commit(actor, state, evts)),
+    commit: (actor, state, evts) => lockOf(actor).withPermits(1)(commit(actor, state, evts)),
     unauthorized: (actor, reason, token) =>
       service.reportUnauthorized(actor.id, { reason, token }).pipe(
         Effect.asVoid,
@@ -729,25 +733,25 @@ export const make = Effect.gen(function*() {
     }).pipe(Events.withActor("config"))
 
   const stored = yield* Effect.flatMap(store.loadAll, (loaded) => reconcileDeclared(loaded))
-  const restored = yield* Effect.forEach(stored, ({ account, state }) => {
-    // A restored token says so, except a static one, which is what it always was.
-    const token = account.source._tag === "static"
-      ? state.token
-      : Option.map(state.token, (record): TokenRecord => ({ ...record, origin: "restored" }))
-    return makeActor(account, { ...state, token }, true)
-  })
-  yield* Ref.set(actors, HashMap.fromIterable(restored.map((actor) => [actor.id as string, actor] as const)))
-  yield* Effect.forEach(restored, pools.sync, { discard: true })
+  // Restoring is plain synchronous work per account (100,000 accounts must come up in
+  // seconds): build the actor, place it in its pool, and either fetch it or schedule it.
   const startAt = yield* now
   const due: Array<Actor> = []
-  for (const actor of restored) {
-    const state = yield* Ref.get(actor.state)
-    const account = yield* Ref.get(actor.account)
-    const source = yield* Effect.option(drivers.source(account))
-    const renewable = Option.exists(source, canRenew)
-    if (renewable && Option.isNone(state.invalid) && Token.need(state, startAt, windowMs) !== "use") due.push(actor)
-    else yield* scheduleNext(actor)
-    if (Option.isSome(state.token)) yield* Ref.set(actor.startup, false)
+  for (const { account, state: saved } of stored) {
+    // A restored token says so, except a static one, which is what it always was.
+    const state: TokenState = account.source._tag === "static" ? saved : {
+      ...saved,
+      token: Option.map(saved.token, (record): TokenRecord => ({ ...record, origin: "restored" }))
+    }
+    const actor = makeActor(account, state, Option.isNone(state.token))
+    actors.set(account.id, actor)
+    pools.place(actor, account, state, startAt)
+    if (renewable(account) && Option.isNone(state.invalid) && Token.need(state, startAt, windowMs) !== "use") {
+      due.push(actor)
+    } else {
+      const at = dueAt(account, state)
+      if (at !== undefined) scheduler.unsafeSchedule(actor.id, at)
+    }
   }
   // Every account that needs a token is fetched at once; the ones that fail keep retrying in
   // the background while the service runs.

@@ -70,6 +70,8 @@ export interface Provider {
 
 export interface DriversService {
   readonly source: (account: Account) => Effect.Effect<TokenSource, OperationUnsupported>
+  /** The account's source, if one of its kind is registered. */
+  readonly lookupSource: (account: Account) => TokenSource | undefined
   readonly provider: (account: Account) => Provider
 }
 
@@ -128,6 +130,7 @@ export const make = (options: {
   const providers = new Map<string, Provider>()
   for (const provider of options.providers ?? []) providers.set(provider.id, provider)
   return {
+    lookupSource: (account) => sources.get(sourceKindOf(account)),
     source: (account) => {
       const kind = sourceKindOf(account)
       const source = sources.get(kind)

@@ -62,7 +62,6 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
   Effect.gen(function*() {
     const indexes = new Map<string, PoolIndex<Entry<A>>>()
     const byToken = new Map<string, string>()
-    const tokenOf = new Map<string, string>()
     /** Actors whose usage (last use, rate-limit counters) is not saved yet. */
     const dirty = new Set<A>()
     /** Acquires not yet in the audit log: by who acquired, then by account. */
@@ -80,35 +79,38 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     }
 
     /** Brings the actor's place in its pool in line with its state. */
+    /** Forgets the token a member held, if the token index still points at this member. */
+    const forgetToken = (id: string, record: TokenRecord | undefined) => {
+      if (record === undefined) return
+      const value = Redacted.value(record.token)
+      if (byToken.get(value) === id) byToken.delete(value)
+    }
+
+    /** Places an account in its pool according to its state: the synchronous core of `sync`. */
+    const place = (actor: A, account: Account, state: TokenState, at: number): void => {
+      const index = indexFor(account.pool)
+      forgetToken(actor.id, index.get(actor.id)?.value.record)
+      const record = Option.getOrUndefined(state.token)
+      if (record !== undefined) byToken.set(Redacted.value(record.token), actor.id)
+      index.set(
+        actor.id,
+        { actor, record, rateLimit: state.rateLimit },
+        Option.getOrElse(state.lastUsedAt, () => 0),
+        standingOf(state, at)
+      )
+    }
+
+    /** Brings the actor's place in its pool in line with its state. */
     const sync = (actor: A): Effect.Effect<void> =>
       Effect.gen(function*() {
-        const account = yield* Ref.get(actor.account)
-        const state = yield* Ref.get(actor.state)
-        const at = yield* Clock.currentTimeMillis
-        const index = indexFor(account.pool)
-        const previous = tokenOf.get(actor.id)
-        if (previous !== undefined) byToken.delete(previous)
-        tokenOf.delete(actor.id)
-        const record = Option.getOrUndefined(state.token)
-        if (record !== undefined) {
-          const value = Redacted.value(record.token)
-          byToken.set(value, actor.id)
-          tokenOf.set(actor.id, value)
-        }
-        index.set(
-          actor.id,
-          { actor, record, rateLimit: state.rateLimit },
-          Option.getOrElse(state.lastUsedAt, () => 0),
-          standingOf(state, at)
-        )
+        place(actor, yield* Ref.get(actor.account), yield* Ref.get(actor.state), yield* Clock.currentTimeMillis)
       })
 
     const remove = (actor: A, pool: string) =>
       Effect.sync(() => {
-        indexes.get(pool)?.remove(actor.id)
-        const token = tokenOf.get(actor.id)
-        if (token !== undefined) byToken.delete(token)
-        tokenOf.delete(actor.id)
+        const index = indexes.get(pool)
+        forgetToken(actor.id, index?.get(actor.id)?.value.record)
+        index?.remove(actor.id)
         dirty.delete(actor)
       })
 
@@ -359,6 +361,6 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         signal()
       })
 
-    return { service, sync, remove, touch, flush, usedAt }
+    return { service, sync, place, remove, touch, flush, usedAt }
   })
 

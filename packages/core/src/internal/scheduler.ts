@@ -20,6 +20,8 @@ const less = <K>(a: Entry<K>, b: Entry<K>) => a.at < b.at || (a.at === b.at && a
 export interface Scheduler<K> {
   /** Runs `key` at `at` (epoch ms), replacing any earlier schedule of it. */
   readonly schedule: (key: K, at: number) => Effect.Effect<void>
+  /** `schedule` without an effect: for scheduling many keys at once. */
+  readonly unsafeSchedule: (key: K, at: number) => void
   readonly cancel: (key: K) => Effect.Effect<void>
   /** How many keys have a pending schedule. */
   readonly pending: Effect.Effect<number>
@@ -70,17 +72,19 @@ export const make = <K>(
     })
     yield* Effect.forkScoped(Effect.forever(loop))
 
+    const unsafeSchedule = (key: K, at: number) => {
+      const entry = { at, key, seq: ++seq }
+      current.set(key, entry.seq)
+      const top = heap.peek()
+      heap.push(entry)
+      // Rescheduling leaves stale entries behind; drop them before they outnumber live ones.
+      if (heap.size > 2 * current.size + 1024) heap.compact(isCurrent)
+      if (top === undefined || less(entry, top)) wake.unsafeOffer(undefined)
+    }
+
     return {
-      schedule: (key, at) =>
-        Effect.suspend(() => {
-          const entry = { at, key, seq: ++seq }
-          current.set(key, entry.seq)
-          const top = heap.peek()
-          heap.push(entry)
-          // Rescheduling leaves stale entries behind; drop them before they outnumber live ones.
-          if (heap.size > 2 * current.size + 1024) heap.compact(isCurrent)
-          return top === undefined || less(entry, top) ? Queue.offer(wake, undefined) : Effect.void
-        }).pipe(Effect.asVoid),
+      schedule: (key, at) => Effect.sync(() => unsafeSchedule(key, at)),
+      unsafeSchedule,
       cancel: (key) => Effect.sync(() => void current.delete(key)),
       pending: Effect.sync(() => current.size)
     }

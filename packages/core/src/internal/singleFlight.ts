@@ -24,8 +24,12 @@ export interface SingleFlight<A, E> {
 export const make = <A, E>(
   fibers: FiberSet.FiberSet,
   onInterrupt: () => E
-): Effect.Effect<SingleFlight<A, E>> =>
-  Effect.map(Ref.make(Option.none<Flight<A, E>>()), (current) => {
+): Effect.Effect<SingleFlight<A, E>> => Effect.sync(() => unsafeMake(fibers, onInterrupt))
+
+/** `make` without an effect: for building many at once (restoring accounts). */
+export const unsafeMake = <A, E>(fibers: FiberSet.FiberSet, onInterrupt: () => E): SingleFlight<A, E> => {
+  const current = Ref.unsafeMake(Option.none<Flight<A, E>>())
+  {
     const start = (work: Effect.Effect<A, E>, join: boolean): Effect.Effect<A, E> =>
       Effect.flatten(Ref.modify(current, (running): [Effect.Effect<A, E>, Option.Option<Flight<A, E>>] => {
         if (Option.isSome(running)) {
@@ -59,4 +63,5 @@ export const make = <A, E>(
           ? Fiber.interrupt(running.value.fiber.value).pipe(Effect.asVoid)
           : Effect.void)
     }
-  })
+  }
+}
