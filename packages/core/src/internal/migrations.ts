@@ -59,5 +59,19 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END`
     yield* sql`CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END`
+  }),
+  "0002_api_keys": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Keys are stored as their SHA-256 only; a revoked key keeps its row (and its hash, so the
+    // same secret can never be registered again).
+    yield* sql`CREATE TABLE api_keys (
+      id INTEGER PRIMARY KEY AUTOINCREMENT,
+      name TEXT NOT NULL,
+      scopes TEXT NOT NULL,
+      key_hash BLOB NOT NULL UNIQUE,
+      created_at INTEGER NOT NULL,
+      revoked_at INTEGER
+    )`
+    yield* sql`CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL`
   })
 }

@@ -1,0 +1,146 @@
+import { describe, expect, it } from "@effect/vitest"
+import { ApiKeys, Crypto } from "@tessera/core"
+import { ConfigProvider, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { tempDir } from "./utils/tempDir.js"
+
+const name = Schema.decodeSync(ApiKeys.ApiKeyName)
+const SECRET = "ci-secret-0123456789-abcdef"
+
+const keysOn = (file: string, key: Crypto.EncryptionKey) =>
+  ApiKeys.layerSqlite(file).pipe(Layer.provide(Crypto.layerKeys([key])))
+
+const withKeys = <A, E>(layer: Layer.Layer<ApiKeys.ApiKeys, unknown>, body: (keys: ApiKeys.ApiKeysService) => Effect.Effect<A, E>) =>
+  Effect.scoped(Effect.flatMap(ApiKeys.ApiKeys, body).pipe(Effect.provide(layer)))
+
+const memory = ApiKeys.layerMemory.pipe(Layer.provide(Crypto.layerRandom))
+
+describe("ApiKeys", () => {
+  it.effect("creates a tsr_ key shown once, verifies it, and never lists the secret", () =>
+    withKeys(memory, (keys) =>
+      Effect.gen(function*() {
+        expect(yield* keys.hasActive).toBe(false)
+        const created = yield* keys.create(name("deploy"), ["read", "token"])
+        const secret = Redacted.value(created.secret)
+        expect(secret.startsWith("tsr_")).toBe(true)
+        expect(secret.length).toBeGreaterThanOrEqual(40)
+        expect(created.key.scopes).toEqual(["read", "token"])
+        expect(yield* keys.hasActive).toBe(true)
+
+        const verified = yield* keys.verify(created.secret)
+        expect(Option.map(verified, (key) => key.name)).toEqual(Option.some("deploy"))
+        expect(Option.isNone(yield* keys.verify(Redacted.make(`${secret}x`)))).toBe(true)
+        expect(Option.isNone(yield* keys.verify(Redacted.make("")))).toBe(true)
+
+        const listed = yield* keys.list
+        expect(listed.map((key) => key.name)).toEqual(["deploy"])
+        expect(JSON.stringify(listed)).not.toContain(secret)
+      })))
+
+  it.effect("refuses a second active key of the same name, and short or reused secrets", () =>
+    withKeys(memory, (keys) =>
+      Effect.gen(function*() {
+        yield* keys.create(name("ops"), ["admin"], Redacted.make(SECRET))
+        const twice = yield* Effect.flip(keys.create(name("ops"), ["read"]))
+        expect(twice._tag).toBe("ApiKeyExists")
+        const short = yield* Effect.flip(keys.create(name("short"), ["read"], Redacted.make("tiny")))
+        expect(short._tag).toBe("InvalidApiKey")
+        expect(short.message).not.toContain("tiny")
+        const reused = yield* Effect.flip(keys.create(name("other"), ["read"], Redacted.make(SECRET)))
+        expect(reused._tag).toBe("InvalidApiKey")
+        expect(reused.message).not.toContain(SECRET)
+      })))
+
+  it.effect("a revoked key stops verifying, stays listed, and its secret can never come back", () =>
+    withKeys(memory, (keys) =>
+      Effect.gen(function*() {
+        const created = yield* keys.create(name("laptop"), ["read"])
+        const revoked = yield* keys.revoke("laptop")
+        expect(revoked.revokedAt).not.toBeNull()
+        expect(Option.isNone(yield* keys.verify(created.secret))).toBe(true)
+        expect(yield* keys.hasActive).toBe(false)
+        expect((yield* keys.list).map((key) => [key.name, key.revokedAt !== null])).toEqual([["laptop", true]])
+        expect((yield* Effect.flip(keys.revoke("laptop")))._tag).toBe("ApiKeyNotFound")
+        // the name is free again, the secret is not
+        const again = yield* Effect.flip(keys.create(name("laptop"), ["read"], created.secret))
+        expect(again._tag).toBe("InvalidApiKey")
+        yield* keys.create(name("laptop"), ["read"])
+        expect(yield* keys.hasActive).toBe(true)
+      })))
+
+  it.effect("admin grants every scope; read and token grant only themselves", () =>
+    Effect.sync(() => {
+      expect(ApiKeys.allows({ scopes: ["admin"] }, "token")).toBe(true)
+      expect(ApiKeys.allows({ scopes: ["admin"] }, "read")).toBe(true)
+      expect(ApiKeys.allows({ scopes: ["read"] }, "token")).toBe(false)
+      expect(ApiKeys.allows({ scopes: ["token"] }, "read")).toBe(false)
+      expect(ApiKeys.allows({ scopes: ["read", "token"] }, "admin")).toBe(false)
+    }))
+
+  it.effect("bootstrap is idempotent, updates scopes, replaces a changed secret and leaves revoked secrets revoked", () =>
+    withKeys(memory, (keys) =>
+      Effect.gen(function*() {
+        const declared: Array<ApiKeys.Declared> = [
+          { name: name("ci"), scopes: ["read"], secret: Redacted.make(SECRET) },
+          { name: name("ops"), scopes: ["admin"], secret: Redacted.make(`${SECRET}-ops`) }
+        ]
+        expect(yield* keys.bootstrap(declared)).toEqual({ created: ["ci", "ops"], updated: [], revoked: [] })
+        expect(yield* keys.bootstrap(declared)).toEqual({ created: [], updated: [], revoked: [] })
+        expect((yield* keys.list).length).toBe(2)
+
+        const widened = yield* keys.bootstrap([{ ...declared[0]!, scopes: ["read", "token"] }])
+        expect(widened.updated).toEqual(["ci"])
+        expect(Option.map(yield* keys.verify(Redacted.make(SECRET)), (key) => key.scopes)).toEqual(Option.some(["read", "token"]))
+
+        const rotated = yield* keys.bootstrap([{ ...declared[0]!, secret: Redacted.make(`${SECRET}-new`) }])
+        expect(rotated.updated).toEqual(["ci"])
+        expect(Option.isNone(yield* keys.verify(Redacted.make(SECRET)))).toBe(true)
+        expect(Option.isSome(yield* keys.verify(Redacted.make(`${SECRET}-new`)))).toBe(true)
+
+        yield* keys.revoke("ops")
+        const again = yield* keys.bootstrap(declared.slice(1))
+        expect(again.revoked).toEqual(["ops"])
+        expect(Option.isNone(yield* keys.verify(Redacted.make(`${SECRET}-ops`)))).toBe(true)
+      })))
+
+  it.scoped("keys survive a restart, and the database holds their hashes only", () =>
+    Effect.gen(function*() {
+      const file = path.join(yield* tempDir, "keys.db")
+      const key = yield* Crypto.generateKey
+      const created = yield* withKeys(keysOn(file, key), (keys) => keys.create(name("deploy"), ["token"]))
+      const verified = yield* withKeys(keysOn(file, key), (keys) => keys.verify(created.secret))
+      expect(Option.map(verified, (k) => k.scopes)).toEqual(Option.some(["token"]))
+      for (const f of [file, `${file}-wal`].filter(fs.existsSync)) {
+        expect(fs.readFileSync(f).includes(Redacted.value(created.secret))).toBe(false)
+      }
+    }))
+
+  it.effect("TESSERA_API_KEYS is read as name:scope[+scope]:key, and a bad entry is named without its key", () =>
+    Effect.gen(function*() {
+      const read = (value: string) =>
+        Effect.either(Effect.withConfigProvider(
+          ApiKeys.declaredConfig,
+          ConfigProvider.fromMap(new Map([["TESSERA_API_KEYS", value]]))
+        ))
+      const ok = yield* read(` ci:read+token:${SECRET}, ops:admin:${SECRET}:with:colons `)
+      expect(Either.isRight(ok)).toBe(true)
+      if (Either.isRight(ok)) {
+        expect(ok.right.map((d) => [d.name, d.scopes, Redacted.value(d.secret)])).toEqual([
+          ["ci", ["read", "token"], SECRET],
+          ["ops", ["admin"], `${SECRET}:with:colons`]
+        ])
+      }
+      for (const bad of [`ci:write:${SECRET}`, `ci:read:short`, "no-colons", `bad name:read:${SECRET}`, `a:read:${SECRET},a:admin:${SECRET}x`]) {
+        const result = yield* read(bad)
+        expect(Either.isLeft(result)).toBe(true)
+        if (Either.isLeft(result)) {
+          expect(String(result.left)).toContain("TESSERA_API_KEYS")
+          expect(String(result.left)).not.toContain(SECRET)
+          expect(String(result.left)).not.toContain("short")
+        }
+      }
+      const unset = yield* Effect.withConfigProvider(ApiKeys.declaredConfig, ConfigProvider.fromMap(new Map()))
+      expect(unset).toEqual([])
+    }))
+})
