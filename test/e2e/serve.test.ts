@@ -1,53 +1,22 @@
 /**
  * The README's start command, end to end: the built `tessera serve` as a child process,
- * against fake AMP and auth-service servers on 127.0.0.1.
+ * against fake AMP and auth-service servers on 127.0.0.1 (listening on a port the system
+ * picks, so test files can run side by side).
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { fileURLToPath } from "node:url"
 import { Amp, AuthService } from "../fakes/index.js"
 import { tempDir, waitUntil } from "../lifecycle/harness.js"
+import { requireBuild, serve } from "./harness.js"
 
-const BIN = fileURLToPath(new URL("../../packages/cli/dist/bin.js", import.meta.url))
 const PASSWORD = "canary-amp-password-91c2"
-
-interface Running {
-  readonly output: () => string
-  readonly stop: (signal: NodeJS.Signals) => Effect.Effect<number | null>
-}
-
-const serve = (cwd: string, env: Record<string, string>) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      const child = spawn(process.execPath, [BIN, "serve"], {
-        cwd,
-        env: { PATH: process.env["PATH"] ?? "", ...env },
-        stdio: ["ignore", "pipe", "pipe"]
-      })
-      let output = ""
-      child.stdout.on("data", (chunk) => (output += String(chunk)))
-      child.stderr.on("data", (chunk) => (output += String(chunk)))
-      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
-      const running: Running = {
-        output: () => output,
-        stop: (signal) =>
-          Effect.promise(() => {
-            child.kill(signal)
-            return exited
-          })
-      }
-      return { child, running }
-    }),
-    ({ child }) => Effect.sync(() => void (child.exitCode === null && child.kill("SIGKILL")))
-  ).pipe(Effect.map(({ running }) => running))
 
 describe("tessera serve (the README's start command)", () => {
   it.scopedLive("registers the declared accounts, fetches their tokens, restores them after a restart and stops cleanly", () =>
     Effect.gen(function*() {
-      if (!fs.existsSync(BIN)) return yield* Effect.die(new Error(`build first: ${BIN} is missing (pnpm test builds it)`))
+      yield* requireBuild
       const cwd = yield* tempDir
       const amp = yield* Amp.make({ users: { trader: PASSWORD } })
       const auth = yield* AuthService.make({ accounts: ["acc-1"] })

@@ -1,36 +1,24 @@
 /**
  * `tessera serve`: runs the token service. It opens the database, registers the accounts
- * the environment declares, fetches their tokens at startup, keeps every token alive and
- * logs each token event. It stops cleanly on SIGINT/SIGTERM.
+ * and API keys the environment declares, fetches the tokens at startup, keeps every token
+ * alive, logs each token event, and serves the HTTP API (SPEC §6) on `TESSERA_HOST`:`PORT`.
+ * On SIGINT/SIGTERM it stops accepting requests, lets open ones finish, stops the lifecycle
+ * and closes the database.
  */
 import type { FileSystem, Path } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
-import { Events, Lifecycle, Tessera, TokenStore } from "@tessera/core"
-import type { Crypto, Errors } from "@tessera/core"
-import { Drivers } from "@tessera/providers"
-import { Effect, Layer } from "effect"
-import type { ConfigError } from "effect"
+import { Lifecycle, TokenStore } from "@tessera/core"
+import { Server } from "@tessera/server"
+import { Effect } from "effect"
+import type { Layer } from "effect"
 
 /** What can stop the service from starting. */
-export type StartupError =
-  | ConfigError.ConfigError
-  | Errors.StoreError
-  | Crypto.DecryptionFailed
-  | Crypto.UnknownEncryptionKey
-  | Crypto.InvalidEncryptionKey
-
-/** The accounts the environment declares, registered before the startup fetch. */
-const DeclaredLayer = Layer.effect(Lifecycle.DeclaredAccounts, Drivers.accountsFromEnv)
+export type StartupError = Layer.Layer.Error<typeof Server.layerConfig>
 
 export const AppLayer: Layer.Layer<
-  Lifecycle.Lifecycle | Events.Events | TokenStore.TokenStore | Crypto.Keyring,
+  Layer.Layer.Success<typeof Server.layerConfig>,
   StartupError,
   FileSystem.FileSystem | Path.Path
-> = Tessera.layerConfigWith({ events: Events.layerLogged }).pipe(
-  Layer.provide(DeclaredLayer),
-  Layer.provide(Drivers.layerConfig),
-  Layer.provide(NodeHttpClient.layerUndici)
-)
+> = Server.layerConfig
 
 export const run: Effect.Effect<never, StartupError, FileSystem.FileSystem | Path.Path> = Effect.gen(function*() {
   const lifecycle = yield* Lifecycle.Lifecycle

@@ -1,5 +1,12 @@
 /**
- * `@tessera/server`: the HTTP service (SPEC §6). Not built yet: it is the subject of the
- * HTTP service issue. Until then `tessera serve` runs the lifecycle without HTTP.
+ * `@tessera/server`: the HTTP service (SPEC §6). `Api` declares the API once (a client is
+ * `HttpApiClient.make(Api.TesseraApi)`), `Server` serves it on Node over core's services.
  */
-export {}
+export * as Api from "./Api.js"
+export * as ApiError from "./ApiError.js"
+export * as Auth from "./Auth.js"
+export * as Handlers from "./Handlers.js"
+export * as Metrics from "./Metrics.js"
+export * as Server from "./Server.js"
+export * as ServerConfig from "./ServerConfig.js"
+export * as Wire from "./Wire.js"

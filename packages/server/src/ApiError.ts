@@ -1,0 +1,104 @@
+/**
+ * The errors of the HTTP API, one class per status, each with the body every error has:
+ * `{"error":{"code","message"}}` (SPEC §4.6). `code` is a stable machine-readable word from a
+ * fixed list per status (so the OpenAPI document lists them, and each error class is told
+ * apart from the others by its codes); `message` is for people and never holds a secret. The
+ * 429 answer also says when to come back (`retry_at`, beside the `Retry-After` header), the
+ * 422 what the upstream answered, and the 503 of `/health` keeps the health fields.
+ */
+import { HttpApiSchema } from "@effect/platform"
+import { Schema } from "effect"
+
+const detail = <const Codes extends ReadonlyArray<string>>(...codes: Codes) =>
+  Schema.Struct({ code: Schema.Literal(...codes), message: Schema.String })
+
+export class BadRequest extends Schema.Class<BadRequest>("BadRequest")(
+  {
+    error: detail(
+      "invalid_request",
+      "malformed_json",
+      "unreadable_body",
+      "invalid_token",
+      "invalid_expires_at",
+      "account_mismatch",
+      "unknown_pool",
+      "invalid_report"
+    )
+  },
+  HttpApiSchema.annotations({ status: 400, description: "The request is malformed or does not match the schema" })
+) {}
+
+export class Unauthorized extends Schema.Class<Unauthorized>("Unauthorized")(
+  { error: detail("unauthorized") },
+  HttpApiSchema.annotations({ status: 401, description: "No API key, or an unknown or revoked one" })
+) {}
+
+export class Forbidden extends Schema.Class<Forbidden>("Forbidden")(
+  { error: detail("forbidden") },
+  HttpApiSchema.annotations({ status: 403, description: "The API key lacks the scope this route needs" })
+) {}
+
+export class NotFound extends Schema.Class<NotFound>("NotFound")(
+  { error: detail("not_found", "account_not_found", "pool_not_found", "no_accounts") },
+  HttpApiSchema.annotations({ status: 404, description: "No such route, account or pool" })
+) {}
+
+export class Conflict extends Schema.Class<Conflict>("Conflict")(
+  { error: detail("account_exists", "operation_unsupported") },
+  HttpApiSchema.annotations({ status: 409, description: "The request conflicts with the current state" })
+) {}
+
+export class PayloadTooLarge extends Schema.Class<PayloadTooLarge>("PayloadTooLarge")(
+  { error: detail("payload_too_large") },
+  HttpApiSchema.annotations({ status: 413, description: "The request body is larger than the server accepts" })
+) {}
+
+export class Unprocessable extends Schema.Class<Unprocessable>("Unprocessable")(
+  { error: detail("token_rejected"), upstream_status: Schema.NullOr(Schema.Number) },
+  HttpApiSchema.annotations({ status: 422, description: "The upstream rejected the token; the previous one stays" })
+) {}
+
+export class TooManyRequests extends Schema.Class<TooManyRequests>("TooManyRequests")(
+  { error: detail("pool_exhausted", "too_many_attempts"), retry_at: Schema.String, retry_at_local: Schema.String },
+  HttpApiSchema.annotations({ status: 429, description: "Try again at retry_at (also in the Retry-After header)" })
+) {}
+
+export class BadGateway extends Schema.Class<BadGateway>("BadGateway")(
+  { error: detail("upstream_error") },
+  HttpApiSchema.annotations({ status: 502, description: "An upstream call failed" })
+) {}
+
+export class ServiceUnavailable extends Schema.Class<ServiceUnavailable>("ServiceUnavailable")(
+  { error: detail("store_unavailable", "token_unavailable", "no_usable_token") },
+  HttpApiSchema.annotations({ status: 503, description: "No usable token, or the store cannot be used" })
+) {}
+
+/** `/health` when the store cannot be used: the health fields and the error. */
+export class HealthUnavailable extends Schema.Class<HealthUnavailable>("HealthUnavailable")(
+  {
+    status: Schema.Literal("unavailable"),
+    time: Schema.String,
+    time_local: Schema.String,
+    error: detail("unhealthy")
+  },
+  HttpApiSchema.annotations({ status: 503, description: "The store cannot be used" })
+) {}
+
+export class InternalError extends Schema.Class<InternalError>("InternalError")(
+  { error: detail("internal") },
+  HttpApiSchema.annotations({ status: 500, description: "A bug: the server logged it" })
+) {}
+
+type Code<C extends { readonly fields: { readonly error: Schema.Struct<{ code: Schema.Schema.Any; message: typeof Schema.String }> } }> =
+  Schema.Schema.Type<C["fields"]["error"]["fields"]["code"]>
+
+export const badRequest = (code: Code<typeof BadRequest>, message: string) => new BadRequest({ error: { code, message } })
+export const unauthorized = (message: string) => new Unauthorized({ error: { code: "unauthorized", message } })
+export const forbidden = (message: string) => new Forbidden({ error: { code: "forbidden", message } })
+export const notFound = (code: Code<typeof NotFound>, message: string) => new NotFound({ error: { code, message } })
+export const conflict = (code: Code<typeof Conflict>, message: string) => new Conflict({ error: { code, message } })
+export const payloadTooLarge = (message: string) => new PayloadTooLarge({ error: { code: "payload_too_large", message } })
+export const badGateway = (message: string) => new BadGateway({ error: { code: "upstream_error", message } })
+export const unavailable = (code: Code<typeof ServiceUnavailable>, message: string) =>
+  new ServiceUnavailable({ error: { code, message } })
+export const internal = () => new InternalError({ error: { code: "internal", message: "internal error; the server logged the cause" } })

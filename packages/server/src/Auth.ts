@@ -1,0 +1,192 @@
+/**
+ * API-key authentication (SPEC §4.5): the implementations of the `RequireRead`,
+ * `RequireToken` and `RequireAdmin` middlewares. A request without a bearer key, or with an
+ * unknown or revoked one, is answered 401; a key without the route's scope 403; both are
+ * written to the audit log (`denied`, naming the key when there is one, never the secret).
+ * An address that keeps failing to authenticate is answered 429 with `Retry-After` until its
+ * window passes (a bounded in-memory counter). With no key configured at all the service
+ * runs open, which it only does on loopback (see `Server`), and the caller is `local`.
+ */
+import { HttpApp, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { ApiKeys, Events, Settings, TokenStore } from "@tessera/core"
+import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
+import type { Redacted } from "effect"
+import { RequireAdmin, RequireRead, RequireToken } from "./Api.js"
+import * as ApiError from "./ApiError.js"
+import { Metrics } from "./Metrics.js"
+import { ServerConfig } from "./ServerConfig.js"
+import * as Wire from "./Wire.js"
+
+/** The actor of a request when no API key is configured. */
+export const LOCAL_ACTOR = "local"
+/** The actor of a denied request that presented no known key. */
+export const ANONYMOUS_ACTOR = "anonymous"
+
+/**
+ * The event type denials are recorded with. Core's event types have no "access denied"; a
+ * denied request is the refusal of the credential it presented, so it is recorded as a
+ * validation with outcome `denied`.
+ */
+export const DENIED_EVENT: Events.EventType = "validated"
+
+// --- failed-authentication counter --------------------------------------------------------
+
+export interface ThrottleService {
+  /** When the address may try again, if it is shut out now. */
+  readonly blockedUntil: (client: string) => Effect.Effect<Option.Option<number>>
+  /** Counts a failed authentication. */
+  readonly failed: (client: string) => Effect.Effect<void>
+}
+
+export class Throttle extends Context.Tag("@tessera/server/Auth/Throttle")<Throttle, ThrottleService>() {}
+
+/** At most `limit` failures per address in a fixed window; remembers at most `clients` addresses. */
+export const makeThrottle = (options: {
+  readonly limit: number
+  readonly window: Duration.Duration
+  readonly clients: number
+}): ThrottleService => {
+  const windowMs = Duration.toMillis(options.window)
+  const seen = new Map<string, { count: number; start: number }>()
+  const evict = (now: number) => {
+    for (const [client, entry] of seen) if (entry.start + windowMs <= now) seen.delete(client)
+    // Still full: forget the longest-known addresses first (a Map iterates in insertion order).
+    for (const client of seen.keys()) {
+      if (seen.size < options.clients) break
+      seen.delete(client)
+    }
+  }
+  return {
+    blockedUntil: (client) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const entry = seen.get(client)
+        if (entry === undefined || entry.start + windowMs <= now || entry.count < options.limit) return Option.none()
+        return Option.some(entry.start + windowMs)
+      }),
+    failed: (client) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const entry = seen.get(client)
+        if (entry !== undefined && entry.start + windowMs > now) {
+          entry.count++
+          return
+        }
+        seen.delete(client)
+        if (seen.size >= options.clients) evict(now)
+        seen.set(client, { count: 1, start: now })
+      })
+  }
+}
+
+export const layerThrottle: Layer.Layer<Throttle, never, ServerConfig> = Layer.effect(
+  Throttle,
+  Effect.map(ServerConfig, (config) =>
+    makeThrottle({ limit: config.authFailureLimit, window: config.authFailureWindow, clients: config.authFailureClients }))
+)
+
+// --- the middlewares ----------------------------------------------------------------------
+
+const bearerPrefix = /^bearer\s+/i
+
+/** The `Retry-After` header (whole seconds, at least 1) on whatever this request is answered with. */
+export const retryAfter = (retryAt: number) =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    const seconds = String(Math.max(1, Math.ceil((retryAt - now) / 1000)))
+    return HttpApp.appendPreResponseHandler((_, response) =>
+      Effect.succeed(HttpServerResponse.setHeader(response, "retry-after", seconds))
+    )
+  })
+
+const make = (scope: ApiKeys.Scope) =>
+  Effect.gen(function*() {
+    const keys = yield* ApiKeys.ApiKeys
+    const store = yield* TokenStore.TokenStore
+    const events = yield* Events.Events
+    const metrics = yield* Metrics
+    const throttle = yield* Throttle
+    const settings = yield* Settings.Settings
+
+    /** Records the refusal, counts it, and fails with the answer. */
+    const deny = <E>(status: 401 | 403, actor: string, reason: string, error: E) =>
+      Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const route = yield* HttpRouter.RouteContext
+        const client = Option.getOrElse(request.remoteAddress, () => "unknown")
+        const path = request.url.split("?")[0] ?? request.url
+        const denied = yield* Events.make({
+          type: DENIED_EVENT,
+          accountId: route.params["id"] ?? null,
+          outcome: "denied",
+          detail: `${request.method} ${path} refused (${status}): ${reason}`,
+          data: { status, method: request.method, path, client, scope }
+        }).pipe(Events.withActor(actor))
+        yield* store.appendAudit([denied]).pipe(
+          Effect.zipRight(events.publish(denied)),
+          Effect.catchAll((failure) => Effect.logWarning(`could not record a denied request: ${failure.message}`))
+        )
+        yield* metrics.denied(status)
+        return yield* Effect.fail(error)
+      })
+
+    const authenticate = (presented: Redacted.Redacted<string>) =>
+      Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const client = Option.getOrElse(request.remoteAddress, () => "unknown")
+        const blocked = yield* throttle.blockedUntil(client)
+        if (Option.isSome(blocked)) {
+          yield* metrics.denied(429)
+          yield* retryAfter(blocked.value)
+          const at = Wire.instant(blocked.value, settings.timeZone)
+          return yield* Effect.fail(
+            new ApiError.TooManyRequests({
+              error: { code: "too_many_attempts", message: "too many failed authentications from this address; try again later" },
+              retry_at: at.utc,
+              retry_at_local: at.local
+            })
+          )
+        }
+        if (!(yield* keys.hasActive)) return LOCAL_ACTOR
+        const header = request.headers["authorization"] ?? ""
+        if (!bearerPrefix.test(header) || header.replace(bearerPrefix, "").trim() === "") {
+          yield* throttle.failed(client)
+          return yield* deny(
+            401,
+            ANONYMOUS_ACTOR,
+            "no API key",
+            ApiError.unauthorized("an API key is required: Authorization: Bearer <key>")
+          )
+        }
+        const key = yield* keys.verify(presented)
+        if (Option.isNone(key)) {
+          yield* throttle.failed(client)
+          return yield* deny(401, ANONYMOUS_ACTOR, "unknown or revoked API key", ApiError.unauthorized("unknown or revoked API key"))
+        }
+        if (!ApiKeys.allows(key.value, scope)) {
+          return yield* deny(
+            403,
+            key.value.name,
+            `key '${key.value.name}' lacks scope '${scope}'`,
+            ApiError.forbidden(`this route needs an API key with the '${scope}' scope`)
+          )
+        }
+        return key.value.name
+      }).pipe(
+        Effect.catchTag("StoreError", (error) =>
+          Effect.zipRight(
+            Effect.logError(`API key check failed: ${error.message}`),
+            Effect.fail(ApiError.unavailable("store_unavailable", "the key store cannot be read"))
+          ))
+      )
+
+    return { bearer: authenticate }
+  })
+
+/** The three middlewares, over the keys, the store (for denials) and the counters. */
+export const layer: Layer.Layer<
+  RequireRead | RequireToken | RequireAdmin,
+  never,
+  ApiKeys.ApiKeys | TokenStore.TokenStore | Events.Events | Metrics | ServerConfig
+> = Layer.mergeAll(
+  Layer.effect(RequireRead, make("read")),
+  Layer.effect(RequireToken, make("token")),
+  Layer.effect(RequireAdmin, make("admin"))
+).pipe(Layer.provide(layerThrottle))
