@@ -16,6 +16,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import type * as Crypto from "./Crypto.js"
 import { StoreError } from "./Errors.js"
+import * as Events from "./Events.js"
 import * as TokenStore from "./TokenStore.js"
 
 export const Scope = Schema.Literal("read", "token", "admin")
@@ -162,14 +163,20 @@ const storeError = (operation: string) => (error: SqlError.SqlError): StoreError
  */
 export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | TokenStore.TokenStore> = Effect.gen(
   function*() {
-    yield* TokenStore.TokenStore
+    const store = yield* TokenStore.TokenStore
     const sql = yield* SqlClient.SqlClient
     const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
-    // As in the store: a read-then-write transaction takes the write lock with its first
-    // statement, so two processes sharing the file never meet SQLITE_BUSY_SNAPSHOT.
-    const immediate = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-      sql.withTransaction(Effect.zipRight(sql`UPDATE meta SET value = value WHERE key = 'write_lock'`, effect))
+    // The store's write-locked transaction: two processes sharing the file never meet
+    // SQLITE_BUSY_SNAPSHOT, and the audit record commits with the change it describes.
+    const immediate = store.writeTransaction
+
+    /** The audit record of a key's creation or revocation: its name and scopes, never the secret. */
+    const audited = (type: "api_key_created" | "api_key_revoked", name: string, scopes: ReadonlyArray<Scope>) =>
+      Effect.flatMap(
+        Events.make({ type, accountId: null, detail: `API key '${name}' (${scopes.join("+")})`, data: { name } }),
+        (event) => store.appendAudit([event])
+      )
 
     const activeRows = sql<KeyRow>`SELECT name, scopes, key_hash, created_at, revoked_at FROM api_keys
       WHERE revoked_at IS NULL ORDER BY id`
@@ -206,7 +213,8 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
             if (existing.length > 0) return yield* new ApiKeyExists({ name })
             if (Option.isSome(yield* holderOf(digest))) return yield* inUse(name)
             yield* insert(name, unique, digest, at)
-          })).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("create API key")(error))))
+            yield* audited("api_key_created", name, unique)
+          }))
           return { key: new ApiKey({ name, scopes: unique, createdAt: at, revokedAt: null }), secret }
         }),
 
@@ -224,9 +232,11 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
             const row = rows[0]
             if (row === undefined) return yield* new ApiKeyNotFound({ name })
             yield* sql`UPDATE api_keys SET revoked_at = ${at} WHERE name = ${name} AND revoked_at IS NULL`
-            return toApiKey({ ...row, revoked_at: at })
+            const revoked = toApiKey({ ...row, revoked_at: at })
+            yield* audited("api_key_revoked", name, revoked.scopes)
+            return revoked
           }))
-        }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("revoke API key")(error)))),
+        }),
 
       verify: (secret) =>
         Effect.map(activeRows, (rows) => {
@@ -276,11 +286,13 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
               const replaced = yield* sql`SELECT 1 FROM api_keys WHERE name = ${name} AND revoked_at IS NULL`
               yield* sql`UPDATE api_keys SET revoked_at = ${at} WHERE name = ${name} AND revoked_at IS NULL`
               yield* insert(name, unique, digest, at)
+              if (replaced.length > 0) yield* audited("api_key_revoked", name, unique)
+              yield* audited("api_key_created", name, unique)
               ;(replaced.length > 0 ? updated : created).push(name)
             }
           }))
           return { created, updated, revoked }
-        }).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("register API keys")(error))))
+        }).pipe(Events.withActor("config"))
     }
     return service
   }

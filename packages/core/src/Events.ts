@@ -23,7 +23,10 @@ export const EventType = Schema.Literal(
   "account_added",
   "account_removed",
   "acquired",
-  "key_rotated"
+  "key_rotated",
+  "access_denied",
+  "api_key_created",
+  "api_key_revoked"
 )
 export type EventType = typeof EventType.Type
 

@@ -105,6 +105,14 @@ export interface Declared {
  * and one whose source configuration changed (a new password, say) gets the new one, before
  * the startup fetch, so they are fetched with everything else.
  */
+/**
+ * Whether startup fetches the tokens that are missing or expiring (SPEC §2.6): on for the
+ * service; a one-off command (the CLI) turns it off and renews only what it is asked for.
+ */
+export class StartupFetch extends Context.Reference<StartupFetch>()("@tessera/core/Lifecycle/StartupFetch", {
+  defaultValue: () => true
+}) {}
+
 export class DeclaredAccounts extends Context.Reference<DeclaredAccounts>()("@tessera/core/Lifecycle/DeclaredAccounts", {
   defaultValue: (): ReadonlyArray<Declared> => []
 }) {}
@@ -122,6 +130,8 @@ interface Actor {
   flight: SingleFlight.SingleFlight<TokenRecord, RenewError> | undefined
   /** Set at startup for an account whose first fetch is still to come: its token's origin is `startup`. */
   startup: boolean
+  /** The token record loaded from the store at startup, while it is still the current one. */
+  restored: TokenRecord | undefined
 }
 
 type Mode = "ensure" | "force"
@@ -171,7 +181,16 @@ export const make = Effect.gen(function*() {
       Effect.map(([account, state, at]) => {
         const used = pools.usedAt(actor, account.pool)
         const fresher = used !== undefined && used > Option.getOrElse(state.lastUsedAt, () => 0)
-        return Token.info(account, fresher ? { ...state, lastUsedAt: Option.some(used) } : state, at)
+        const shown = fresher ? { ...state, lastUsedAt: Option.some(used) } : state
+        // A token loaded from the store says so while it lasts (a static token is always static);
+        // the stored origin itself is never overwritten with that label.
+        const record = Option.getOrUndefined(state.token)
+        const restored = record !== undefined && record === actor.restored && record.origin !== "static"
+        return Token.info(
+          account,
+          restored ? { ...shown, token: Option.some({ ...record, origin: "restored" as const }) } : shown,
+          at
+        )
       })
     )
 
@@ -420,7 +439,8 @@ export const make = Effect.gen(function*() {
     state: Ref.unsafeMake(state),
     lock: undefined,
     flight: undefined,
-    startup
+    startup,
+    restored: undefined
   })
 
   const getLease = (actor: Actor) =>
@@ -737,13 +757,9 @@ export const make = Effect.gen(function*() {
   // seconds): build the actor, place it in its pool, and either fetch it or schedule it.
   const startAt = yield* now
   const due: Array<Actor> = []
-  for (const { account, state: saved } of stored) {
-    // A restored token says so, except a static one, which is what it always was.
-    const state: TokenState = account.source._tag === "static" ? saved : {
-      ...saved,
-      token: Option.map(saved.token, (record): TokenRecord => ({ ...record, origin: "restored" }))
-    }
+  for (const { account, state } of stored) {
     const actor = makeActor(account, state, Option.isNone(state.token))
+    actor.restored = Option.getOrUndefined(state.token)
     actors.set(account.id, actor)
     pools.place(actor, account, state, startAt)
     if (renewable(account) && Option.isNone(state.invalid) && Token.need(state, startAt, windowMs) !== "use") {
@@ -755,7 +771,8 @@ export const make = Effect.gen(function*() {
   }
   // Every account that needs a token is fetched at once; the ones that fail keep retrying in
   // the background while the service runs.
-  const startupFetch = yield* Effect.forEach(due, (actor) =>
+  const fetchAtStartup = yield* StartupFetch
+  const startupFetch = yield* Effect.forEach(fetchAtStartup ? due : [], (actor) =>
     renewOnce(actor, "ensure").pipe(
       Effect.catchAll(() => runInBackground(actor)),
       Events.withActor("scheduler")

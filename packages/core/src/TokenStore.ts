@@ -83,6 +83,16 @@ export interface TokenStoreService {
   readonly reencrypt: Effect.Effect<{ readonly rewritten: number }, StoreError | CryptoError>
   /** How many stored values each key id protects. */
   readonly keyUsage: Effect.Effect<ReadonlyMap<string, number>, StoreError>
+  /**
+   * Runs `effect` in a transaction that holds the write lock from its start (`BEGIN
+   * IMMEDIATE` semantics): for other services that keep tables in the same database. Store
+   * calls made inside it join the transaction.
+   */
+  readonly writeTransaction: <A, E, R>(
+    effect: Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, Exclude<E, SqlError.SqlError> | StoreError, R>
+  /** SQLite's own consistency check: `["ok"]` for a sound database. */
+  readonly integrityCheck: Effect.Effect<ReadonlyArray<string>, StoreError>
   /** Whether the database answers: for health checks. */
   readonly ping: Effect.Effect<void, StoreError>
 }
@@ -195,6 +205,9 @@ const eventRow = (event: TokenEvent) => ({
 })
 
 const decodeAuditRow = Schema.decodeUnknownSync(AuditEntry)
+
+const isSqlError = (error: unknown): error is SqlError.SqlError =>
+  typeof error === "object" && error !== null && "_tag" in error && error._tag === "SqlError"
 
 /** Rows per statement in bulk writes (well under SQLite's parameter limit). */
 const CHUNK = 500
@@ -467,6 +480,16 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
         for (const row of yield* sql<{ blob: Uint8Array }>`SELECT value AS blob FROM meta WHERE key = 'key_check'`) count(row.blob)
         return usage as ReadonlyMap<string, number>
       }).pipe(Effect.mapError(storeError("key usage"))),
+      writeTransaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        immediate(effect).pipe(
+          Effect.mapError((error) =>
+            isSqlError(error) ? storeError("transaction")(error) : error as Exclude<E, SqlError.SqlError>
+          )
+        ),
+      integrityCheck: sql<{ integrity_check: string }>`PRAGMA integrity_check`.pipe(
+        Effect.map((rows) => rows.map((row) => row.integrity_check)),
+        Effect.mapError(storeError("integrity check"))
+      ),
       ping: sql`SELECT 1`.pipe(Effect.asVoid, Effect.mapError(storeError("ping")))
     }
     return service

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Account, Crypto, Lifecycle, Settings, Token } from "@tessera/core"
+import { Account, Crypto, Lifecycle, Settings, Token, TokenStore } from "@tessera/core"
 import { Cron, DateTime, Duration, Effect, Either, Exit, FastCheck, Fiber, Option, Redacted, TestClock } from "effect"
 import * as path from "node:path"
 import { tempDir } from "./utils/tempDir.js"
@@ -288,6 +288,44 @@ describe("SPEC §2.6 startup", () => {
         }))
       expect(yield* upstream.calls("obtain")).toBe(1)
       expect(yield* upstream.calls("refresh")).toBe(0)
+    }))
+
+  it.scoped("a restored token shows as restored, but its stored origin is never overwritten with that label", () =>
+    Effect.gen(function*() {
+      const file = path.join(yield* tempDir, "tessera.db")
+      const key = yield* Crypto.generateKey
+      const upstream = yield* TestUpstream.make()
+      yield* run(upstream, file, key, (lifecycle) =>
+        Effect.zipRight(lifecycle.add(TestUpstream.testAccount("acme")), lifecycle.get("acme")))
+      yield* run(upstream, file, key, (lifecycle) =>
+        Effect.gen(function*() {
+          expect((yield* lifecycle.info("acme")).source).toBe("restored")
+          // any commit writes the whole state back
+          yield* lifecycle.reportUnauthorized("acme", { reason: "HTTP 401", token: Redacted.make("some-other-token") })
+          yield* lifecycle.validate("acme")
+        }))
+      const stored = yield* Effect.scoped(
+        Effect.flatMap(TokenStore.TokenStore, (store) => store.load(TestUpstream.accountId("acme"))).pipe(
+          Effect.provide(TestUpstream.layer(upstream, { filename: file, key }))
+        )
+      )
+      expect(Option.getOrThrow(Option.getOrThrow(stored).state.token).origin).toBe("obtain")
+    }))
+
+  it.scoped("with the startup fetch turned off nothing is fetched until asked", () =>
+    Effect.gen(function*() {
+      const file = path.join(yield* tempDir, "tessera.db")
+      const key = yield* Crypto.generateKey
+      const upstream = yield* TestUpstream.make()
+      yield* run(upstream, file, key, (lifecycle) =>
+        Effect.zipRight(lifecycle.add(TestUpstream.testAccount("a")), lifecycle.add(TestUpstream.testAccount("b"))))
+      yield* run(upstream, file, key, (lifecycle) =>
+        Effect.gen(function*() {
+          yield* lifecycle.awaitStartup
+          expect(yield* upstream.calls("obtain")).toBe(0)
+          yield* lifecycle.get("a")
+          expect(yield* upstream.calls("obtain")).toBe(1)
+        })).pipe(Effect.provideService(Lifecycle.StartupFetch, false))
     }))
 
   it.scoped("missing and expiring tokens are fetched concurrently at startup", () =>

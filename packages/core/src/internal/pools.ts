@@ -158,6 +158,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         })
       )
       yield* deps.store.saveUsage(usage, audit).pipe(
+        Effect.zipRight(deps.events.publishAll(audit)),
         Effect.catchAll((error) =>
           Effect.gen(function*() {
             for (const actor of actors) dirty.add(actor)
