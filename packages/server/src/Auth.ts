@@ -22,12 +22,8 @@ export const LOCAL_ACTOR = "local"
 /** The actor of a denied request that presented no known key. */
 export const ANONYMOUS_ACTOR = "anonymous"
 
-/**
- * The event type denials are recorded with. Core's event types have no "access denied"; a
- * denied request is the refusal of the credential it presented, so it is recorded as a
- * validation with outcome `denied`.
- */
-export const DENIED_EVENT: Events.EventType = "validated"
+/** The event type denials are recorded with (outcome `denied`). */
+export const DENIED_EVENT: Events.EventType = "access_denied"
 
 // --- failed-authentication counter --------------------------------------------------------
 
