@@ -43,6 +43,9 @@ describe("events, metrics, audit", () => {
       expect(text).toContain(`tessera_token_events_total{type="rate_limited",outcome="failure"} 1`)
       expect(text).toContain(`tessera_token_renewals_total{outcome="success"} 3`)
       expect(text).toContain(`tessera_http_acquires_total{pool="github",outcome="success"} 1`)
+      // upstream calls are counted per process: the startup fetch and the refresh at least
+      expect(text).toMatch(/tessera_upstream_calls_total\{operation="obtain",outcome="ok"\} [1-9]\d*/)
+      expect(text).toMatch(/tessera_upstream_calls_total\{operation="refresh",outcome="ok"\} [1-9]\d*/)
       expect(text).toContain(`tessera_tokens{pool="github",status="rate_limited"} 1`)
       expect(text).toContain(`tessera_tokens{pool="github",status="available"} 2`)
       expect(text).toMatch(/tessera_token_expiry_seconds\{account_id="acc-1",pool="upstox",provider="upstox"\} 86\d{3}/)

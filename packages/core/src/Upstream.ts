@@ -7,7 +7,7 @@
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
-import { Config, Context, Duration, Effect, Layer, Option, ParseResult, Schedule, Schema } from "effect"
+import { Cause, Config, Context, Duration, Effect, Exit, Layer, Metric, MetricState, Option, ParseResult, Schedule, Schema } from "effect"
 import { isRetryable, UpstreamError } from "./Errors.js"
 
 export interface RetryPolicyShape {
@@ -173,7 +173,32 @@ export const exchange = <A, I>(
       Effect.mapError((error) => fail("malformed", describeParseError(error), response.status))
     )
     return { value, response }
+  }).pipe(Effect.onExit((exit) => countCall(operation, exit)))
+
+/** Every upstream request this process made, by operation and outcome (`ok` or the error kind). */
+export const calls = Metric.counter("tessera_upstream_calls_total", {
+  description: "Upstream requests by operation and outcome",
+  incremental: true
+})
+
+const outcomeOf = (exit: Exit.Exit<unknown, UpstreamError>): string =>
+  Exit.match(exit, {
+    onSuccess: () => "ok",
+    onFailure: (cause) => Option.match(Cause.failureOption(cause), { onNone: () => "interrupted", onSome: (error) => error.kind })
   })
+
+const countCall = (operation: string, exit: Exit.Exit<unknown, UpstreamError>) =>
+  Metric.update(calls.pipe(Metric.tagged("operation", operation), Metric.tagged("outcome", outcomeOf(exit))), 1)
+
+/** The counts of `calls` so far. */
+export const callCounts: Effect.Effect<ReadonlyArray<{ readonly operation: string; readonly outcome: string; readonly count: number }>> =
+  Effect.map(Metric.snapshot, (pairs) =>
+    pairs.flatMap((pair) => {
+      if (pair.metricKey.name !== "tessera_upstream_calls_total") return []
+      if (!MetricState.isCounterState(pair.metricState)) return []
+      const tag = (key: string) => pair.metricKey.tags.find((t) => t.key === key)?.value ?? ""
+      return [{ operation: tag("operation"), outcome: tag("outcome"), count: Number(pair.metricState.count) }]
+    }))
 
 /** `exchange` under the retry policy: what sources call. */
 export const call = <A, I>(

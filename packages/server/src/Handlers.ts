@@ -7,7 +7,7 @@
  * only account, else the first one configuration declares (else the oldest).
  */
 import { HttpApiBuilder, HttpServer, HttpServerResponse } from "@effect/platform"
-import { Account, Events, Lifecycle, Settings, TokenPool, TokenStore } from "@tessera/core"
+import { Account, Events, Lifecycle, Settings, TokenPool, TokenStore, Upstream } from "@tessera/core"
 import type { Errors } from "@tessera/core"
 import { Static } from "@tessera/providers"
 import { Clock, Context, DateTime, Deferred, Effect, Either, Layer, Option, Schedule, Schema, Stream } from "effect"
@@ -393,7 +393,7 @@ export const MetricsLive = HttpApiBuilder.group(TesseraApi, "metrics", (handlers
     const { lifecycle, metrics, pool } = yield* services
     return handlers.handle("metrics", () =>
       Effect.map(
-        Effect.all({ infos: lifecycle.list, pools: pool.pools, counters: metrics.counters }),
+        Effect.all({ infos: lifecycle.list, pools: pool.pools, counters: metrics.counters, upstream: Upstream.callCounts }),
         render
       ))
   }))

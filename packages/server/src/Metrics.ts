@@ -91,6 +91,8 @@ export const render = (input: {
   readonly infos: ReadonlyArray<Token.TokenInfo>
   readonly pools: ReadonlyArray<TokenPool.PoolSummary>
   readonly counters: Counters
+  /** Upstream requests this process made (`Upstream.callCounts`). */
+  readonly upstream?: ReadonlyArray<{ readonly operation: string; readonly outcome: string; readonly count: number }> | undefined
 }): string => {
   const out = new Exposition()
   const { infos, counters } = input
@@ -138,6 +140,12 @@ export const render = (input: {
     [{ outcome: "success" }, renewals(["obtained", "refreshed"], "success")],
     [{ outcome: "failure" }, renewals(["refresh_failed"], "failure")]
   ])
+  out.family(
+    "tessera_upstream_calls_total",
+    "counter",
+    "Upstream requests since the service started, by operation (obtain, refresh, validate, …) and outcome (ok or the error kind).",
+    (input.upstream ?? []).map((c) => [{ operation: c.operation, outcome: c.outcome }, c.count] as const)
+  )
   out.family(
     "tessera_http_acquires_total",
     "counter",
