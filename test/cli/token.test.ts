@@ -5,7 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as fs from "node:fs"
-import type { Wire } from "../../packages/server/src/index.js"
+import type { Wire } from "@tessera/server"
 import { describe as explain, makeCli, upstreams } from "./harness.js"
 
 type TokenInfo = typeof Wire.TokenInfo.Encoded

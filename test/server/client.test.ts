@@ -7,7 +7,7 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Account } from "@tessera/core"
 import { Effect, Redacted, Schema } from "effect"
-import { Api, ApiError } from "../../packages/server/src/index.js"
+import { Api, ApiError } from "@tessera/server"
 import * as H from "./harness.js"
 
 const id = Schema.decodeSync(Account.AccountId)

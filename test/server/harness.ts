@@ -10,7 +10,7 @@ import { Amp, GitHub as GitHubProvider, Upstox as UpstoxProvider } from "@tesser
 import { DateTime, Duration, Effect, Layer, Redacted, Schema } from "effect"
 import { AuthService, GitHub, Upstox } from "../fakes/index.js"
 import { waitUntil } from "../lifecycle/harness.js"
-import { Metrics, Server, ServerConfig } from "../../packages/server/src/index.js"
+import { Metrics, Server, ServerConfig } from "@tessera/server"
 
 export const accountId = Schema.decodeSync(Account.AccountId)
 const keyName = Schema.decodeSync(ApiKeys.ApiKeyName)
