@@ -7,7 +7,7 @@
  * implemented by the lifecycle layer, which owns the accounts.
  */
 import { Context, Schema } from "effect"
-import type { Duration, Effect, Exit, Redacted } from "effect"
+import type { Duration, Effect, Exit, Option, Redacted } from "effect"
 import type { AccountNotFound, StoreError } from "./Errors.js"
 import type { Headers } from "./Source.js"
 import type { Lease, TokenInfo } from "./Token.js"
@@ -74,6 +74,10 @@ export interface TokenPoolService {
   readonly countAvailable: (pool: string) => Effect.Effect<number>
   readonly list: (pool: string) => Effect.Effect<ReadonlyArray<TokenInfo>>
   readonly pools: Effect.Effect<ReadonlyArray<PoolSummary>>
+  /** One pool's summary, if the pool has any account. */
+  readonly summary: (pool: string) => Effect.Effect<Option.Option<PoolSummary>>
+  /** Whether the pool has any account: a constant-time check. */
+  readonly exists: (pool: string) => Effect.Effect<boolean>
 }
 
 export class TokenPool extends Context.Tag("@tessera/core/TokenPool")<TokenPool, TokenPoolService>() {}

@@ -268,14 +268,12 @@ export const PoolsLive = HttpApiBuilder.group(TesseraApi, "pools", (handlers) =>
   Effect.gen(function*() {
     const { lifecycle, metrics, pool, zone } = yield* services
 
-    const summaryOf = (name: string) =>
-      Effect.map(pool.pools, (all) => Option.fromNullable(all.find((summary) => summary.pool === name)))
+    const summaryOf = pool.summary
 
+    // On every acquire: a constant-time check, not a summary of the pool
     const existing = (name: string) =>
-      Effect.flatMap(summaryOf(name), Option.match({
-        onNone: () => Effect.fail(ApiError.notFound("pool_not_found", `pool '${name}' does not exist`)),
-        onSome: Effect.succeed
-      }))
+      Effect.flatMap(pool.exists(name), (exists) =>
+        exists ? Effect.void : Effect.fail(ApiError.notFound("pool_not_found", `pool '${name}' does not exist`)))
 
     return handlers
       .handle("list", () =>

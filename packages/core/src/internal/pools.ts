@@ -350,6 +350,13 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
           for (const member of index.all()) infos.push(yield* deps.info(member.value.actor))
           return infos
         }),
+      summary: (pool) =>
+        Effect.gen(function*() {
+          const index = indexes.get(pool)
+          if (index === undefined || index.size === 0) return Option.none()
+          return Option.some(yield* summary(pool, index, yield* Clock.currentTimeMillis))
+        }),
+      exists: (pool) => Effect.sync(() => (indexes.get(pool)?.size ?? 0) > 0),
       pools: Effect.gen(function*() {
         const at = yield* Clock.currentTimeMillis
         return yield* Effect.forEach([...indexes].filter(([, index]) => index.size > 0), ([pool, index]) => summary(pool, index, at))
