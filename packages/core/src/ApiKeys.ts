@@ -9,11 +9,8 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql"
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
 import * as crypto from "node:crypto"
-import * as fs from "node:fs"
-import * as path from "node:path"
 import type * as Crypto from "./Crypto.js"
 import { StoreError } from "./Errors.js"
 import * as Events from "./Events.js"
@@ -307,24 +304,7 @@ export const layer: Layer.Layer<ApiKeys, never, SqlClient.SqlClient | TokenStore
 export const layerSqlite = (
   filename: string
 ): Layer.Layer<ApiKeys | TokenStore.TokenStore, StoreError | TokenStore.CryptoError, Crypto.Keyring> =>
-  layer.pipe(
-    Layer.provideMerge(TokenStore.layer),
-    Layer.provide(
-      Layer.unwrapEffect(
-        Effect.sync(() => {
-          if (filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(filename)), { recursive: true })
-          return SqliteClient.layer({ filename })
-        })
-      )
-    ),
-    Layer.catchAll((error) =>
-      Layer.fail(
-        error._tag === "StoreError" || error._tag === "DecryptionFailed" || error._tag === "UnknownEncryptionKey"
-          ? error
-          : new StoreError({ operation: "open", detail: String(error) })
-      )
-    )
-  )
+  TokenStore.onSqliteFile(filename, layer.pipe(Layer.provideMerge(TokenStore.layer)))
 
 /** An in-memory store with its keys: for tests. */
 export const layerMemory = layerSqlite(":memory:")

@@ -498,9 +498,15 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
 export const layer: Layer.Layer<TokenStore, StoreError | CryptoError, SqlClient.SqlClient | Crypto.Keyring> = Layer
   .effect(TokenStore, make)
 
-/** SQLite on a file (created with its directory), in WAL mode. */
-export const layerSqlite = (filename: string): Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> =>
-  layer.pipe(
+/**
+ * Opens `layers` (the store, and whatever else keeps tables in the same database) on one
+ * SQLite file, created with its directory, in WAL mode; a failure to open is a `StoreError`.
+ */
+export const onSqliteFile = <A, E extends { readonly _tag: string }, R>(
+  filename: string,
+  layers: Layer.Layer<A, E, R>
+): Layer.Layer<A, StoreError | Exclude<E, { readonly _tag: "SqlError" | "ConfigError" }>, Exclude<R, SqlClient.SqlClient>> =>
+  layers.pipe(
     Layer.provide(
       Layer.unwrapEffect(
         Effect.sync(() => {
@@ -509,14 +515,18 @@ export const layerSqlite = (filename: string): Layer.Layer<TokenStore, StoreErro
         })
       )
     ),
-    Layer.catchAll((error) =>
+    Layer.catchAll((error: { readonly _tag: string }) =>
       Layer.fail(
-        error._tag === "StoreError" || error._tag === "DecryptionFailed" || error._tag === "UnknownEncryptionKey"
-          ? error
-          : new StoreError({ operation: "open", detail: String(error) })
+        error._tag === "SqlError" || error._tag === "ConfigError"
+          ? new StoreError({ operation: "open", detail: String(error) })
+          : error as Exclude<E, { readonly _tag: "SqlError" | "ConfigError" }>
       )
     )
   )
+
+/** SQLite on a file (created with its directory), in WAL mode. */
+export const layerSqlite = (filename: string): Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> =>
+  onSqliteFile(filename, layer)
 
 /** An in-memory SQLite store: for tests and embedding apps that keep nothing. */
 export const layerMemory: Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> = layerSqlite(":memory:")
