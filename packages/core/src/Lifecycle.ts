@@ -409,8 +409,7 @@ export const make = Effect.gen(function*() {
   const keepFresh = (actor: Actor) =>
     Effect.gen(function*() {
       const account = yield* Ref.get(actor.account)
-      const source = yield* Effect.option(drivers.source(account))
-      if (!Option.exists(source, canRenew)) {
+      if (!renewable(account)) {
         // Nothing can renew it: say once that it expired.
         const at = yield* now
         const state = yield* Ref.get(actor.state)
@@ -616,8 +615,7 @@ export const make = Effect.gen(function*() {
           return yield* infoOf(actor)
         }
         const account = yield* Ref.get(actor.account)
-        const source = yield* Effect.option(drivers.source(account))
-        if (Option.exists(source, canRenew)) {
+        if (renewable(account)) {
           const renewed = yield* Effect.either(renewOnce(actor, "force"))
           if (renewed._tag === "Right") return yield* infoOf(actor)
           yield* invalidate(actor, `${report.reason}; renewal failed: ${renewed.left.message}`)
@@ -677,8 +675,7 @@ export const make = Effect.gen(function*() {
       const outcomes = yield* Effect.forEach(all, (actor) =>
         Effect.gen(function*() {
           const account = yield* Ref.get(actor.account)
-          const source = yield* Effect.option(drivers.source(account))
-          if (!Option.exists(source, canRenew)) return "skipped" as const
+          if (!renewable(account)) return "skipped" as const
           return yield* renewOnce(actor, "force").pipe(
             Effect.as("refreshed" as const),
             Effect.catchAll(() => Effect.zipRight(runInBackground(actor), Effect.succeed("failed" as const)))

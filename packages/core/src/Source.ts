@@ -6,6 +6,7 @@
  * them; the lifecycle only sees these interfaces, looked up through the `Drivers` service.
  */
 import { Context, Effect, Layer, Option, Redacted } from "effect"
+import { sourceKind } from "./Account.js"
 import type { Account } from "./Account.js"
 import { OperationUnsupported } from "./Errors.js"
 import type { UpstreamError } from "./Errors.js"
@@ -117,9 +118,6 @@ export const unvalidatedProvider = (id: string): Provider => ({
     Effect.succeed({ valid: true, reason: `provider '${id}' has no way to validate tokens`, upstreamStatus: null })
 })
 
-const sourceKindOf = (account: Account): string =>
-  account.source._tag === "custom" ? account.source.kind : account.source._tag
-
 /** Builds the drivers from lists of sources and providers; `static` is always present. */
 export const make = (options: {
   readonly sources?: Iterable<TokenSource> | undefined
@@ -130,9 +128,9 @@ export const make = (options: {
   const providers = new Map<string, Provider>()
   for (const provider of options.providers ?? []) providers.set(provider.id, provider)
   return {
-    lookupSource: (account) => sources.get(sourceKindOf(account)),
+    lookupSource: (account) => sources.get(sourceKind(account.source)),
     source: (account) => {
-      const kind = sourceKindOf(account)
+      const kind = sourceKind(account.source)
       const source = sources.get(kind)
       return source === undefined
         ? Effect.fail(
