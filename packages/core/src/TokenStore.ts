@@ -443,28 +443,33 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
         }).pipe(Effect.mapError(storeError("read audit"))),
       reencrypt: immediate(Effect.gen(function*() {
         const primary = keyring.primary.id
+        /** The value under the primary key, or nothing when it is there already. */
+        const rewrap = (blob: Uint8Array, aad: string) =>
+          keyring.keyIdOf(blob) === primary
+            ? Effect.succeedNone
+            : Effect.asSome(Effect.flatMap(keyring.decrypt(blob, aad), (plain) => keyring.encrypt(plain, aad)))
         let rewritten = 0
         const sources = yield* sql<{ account_id: string; source_enc: Uint8Array }>`SELECT account_id, source_enc FROM accounts`
         for (const row of sources) {
-          if (keyring.keyIdOf(row.source_enc) === primary) continue
-          const aad = sourceAad(row.account_id)
-          const blob = yield* keyring.encrypt(yield* keyring.decrypt(row.source_enc, aad), aad)
-          yield* sql`UPDATE accounts SET source_enc = ${blob} WHERE account_id = ${row.account_id}`
+          const blob = yield* rewrap(row.source_enc, sourceAad(row.account_id))
+          if (Option.isNone(blob)) continue
+          yield* sql`UPDATE accounts SET source_enc = ${blob.value} WHERE account_id = ${row.account_id}`
           rewritten++
         }
         const tokens = yield* sql<{ account_id: string; token_enc: Uint8Array }>`SELECT account_id, token_enc FROM token_state WHERE token_enc IS NOT NULL`
         for (const row of tokens) {
-          if (keyring.keyIdOf(row.token_enc) === primary) continue
-          const aad = tokenAad(row.account_id)
-          const blob = yield* keyring.encrypt(yield* keyring.decrypt(row.token_enc, aad), aad)
-          yield* sql`UPDATE token_state SET token_enc = ${blob} WHERE account_id = ${row.account_id}`
+          const blob = yield* rewrap(row.token_enc, tokenAad(row.account_id))
+          if (Option.isNone(blob)) continue
+          yield* sql`UPDATE token_state SET token_enc = ${blob.value} WHERE account_id = ${row.account_id}`
           rewritten++
         }
         const check = yield* sql<{ value: Uint8Array }>`SELECT value FROM meta WHERE key = 'key_check'`
-        if (check.length > 0 && keyring.keyIdOf(check[0]!.value) !== primary) {
-          const blob = yield* keyring.encrypt(yield* keyring.decrypt(check[0]!.value, KEY_CHECK_AAD), KEY_CHECK_AAD)
-          yield* sql`UPDATE meta SET value = ${blob} WHERE key = 'key_check'`
-          rewritten++
+        if (check.length > 0) {
+          const blob = yield* rewrap(check[0]!.value, KEY_CHECK_AAD)
+          if (Option.isSome(blob)) {
+            yield* sql`UPDATE meta SET value = ${blob.value} WHERE key = 'key_check'`
+            rewritten++
+          }
         }
         return { rewritten }
       })).pipe(Effect.catchTag("SqlError", (error) => Effect.fail(storeError("re-encrypt")(error)))),
