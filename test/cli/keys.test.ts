@@ -7,20 +7,15 @@ import { Effect } from "effect"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import type { Wire } from "@tessera/server"
+import type { RotationView } from "../../packages/cli/src/Backend.js"
 import { makeCli, upstreams } from "./harness.js"
 
 type TokenInfo = typeof Wire.TokenInfo.Encoded
 type AccountView = typeof Wire.AccountView.Encoded
 type AuditEntry = typeof Wire.AuditEntry.Encoded
 
-interface Rotation {
-  readonly key_source: "file" | "environment"
-  readonly key_file: string | null
-  readonly key_id: string
-  readonly retired_key_ids: ReadonlyArray<string>
-  readonly rewritten: number
-  readonly action: string | null
-}
+/** What `keys rotate --json` prints: the CLI's own type, so the test cannot drift from it. */
+type Rotation = RotationView
 
 /** The keys of a key file, the current one first. */
 const keysOf = (file: string) => fs.readFileSync(file, "utf8").split("\n").filter((line) => line.trim() !== "" && !line.startsWith("#"))
