@@ -59,8 +59,6 @@ export const describeParseError = (error: ParseResult.ParseError): string => {
 const invalid = (error: ParseResult.ParseError) => new InvalidInput({ reason: describeParseError(error) })
 
 const byId = (a: TokenStore.StoredAccount, b: TokenStore.StoredAccount) => a.account.id.localeCompare(b.account.id)
-const byCreation = (a: TokenStore.StoredAccount, b: TokenStore.StoredAccount) =>
-  a.account.createdAt - b.account.createdAt || byId(a, b)
 
 const apiKeyView = (key: ApiKeys.ApiKey, zone: DateTime.TimeZone): ApiKeyView => {
   const created = Wire.instant(key.createdAt, zone)
@@ -213,16 +211,15 @@ export const make = Effect.gen(function*() {
       onSome: Effect.succeed,
       onNone: () =>
         Effect.gen(function*() {
-          const configured = yield* Config.option(Config.string("INTERNAL_API_ACCOUNT_ID"))
-          const named = Option.filter(Option.map(configured, (id) => id.trim()), (id) => id.length > 0)
-          if (Option.isSome(named)) return named.value
-          const all = [...(yield* store.loadAll)].sort(byCreation)
-          if (all.length === 0) return yield* new NoAccounts()
-          if (all.length === 1) return all[0]!.account.id
-          const ids = new Set<string>(all.map((entry) => entry.account.id))
+          const configured = yield* Account.defaultAccountConfig
+          if (Option.isSome(configured)) return configured.value
+          const all = yield* store.loadAll
           const declared = yield* Effect.orElseSucceed(Drivers.accountsFromEnv, () => [])
-          const first = declared.find((entry) => ids.has(entry.account.id))
-          return first === undefined ? all[0]!.account.id : first.account.id
+          const chosen = Account.defaultAccountId(all.map((entry) => entry.account), {
+            configured,
+            declared: declared.map((entry) => entry.account.id)
+          })
+          return Option.isSome(chosen) ? chosen.value : yield* new NoAccounts()
         })
     })
 

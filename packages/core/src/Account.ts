@@ -4,7 +4,7 @@
  * configuration carries the credentials (passwords, client secrets, refresh tokens) as
  * `Redacted` values; the store encrypts it whole.
  */
-import { Schema } from "effect"
+import { Config, Option, Schema } from "effect"
 
 /** A stable account id, unique across the service: usable in URLs and as a SQLite key. */
 export const AccountId = Schema.String.pipe(
@@ -103,3 +103,26 @@ const encodeSourceJson = Schema.encodeSync(Schema.parseJson(SourceConfig))
 
 /** Whether two source configurations are the same, secrets included. */
 export const sameSource = (a: SourceConfig, b: SourceConfig): boolean => encodeSourceJson(a) === encodeSourceJson(b)
+
+/** `INTERNAL_API_ACCOUNT_ID`: the account configuration names as the default, if any. */
+export const defaultAccountConfig: Config.Config<Option.Option<string>> = Config.option(
+  Config.string("INTERNAL_API_ACCOUNT_ID")
+).pipe(Config.map((id) => Option.filter(Option.map(id, (text) => text.trim()), (text) => text.length > 0)))
+
+/**
+ * The default account (SPEC §5), of the unscoped `/token/*` routes, the CLI's commands without
+ * an account and the Redis mirror's legacy keys: the configured one, else the only account,
+ * else the first declared one that exists, else the oldest (then the first by id).
+ */
+export const defaultAccountId = (
+  accounts: ReadonlyArray<{ readonly id: string; readonly createdAt: number }>,
+  options: { readonly configured: Option.Option<string>; readonly declared: ReadonlyArray<string> }
+): Option.Option<string> => {
+  if (Option.isSome(options.configured)) return options.configured
+  if (accounts.length <= 1) return Option.fromNullable(accounts[0]?.id)
+  const ids = new Set(accounts.map((account) => account.id))
+  const declared = options.declared.find((id) => ids.has(id))
+  if (declared !== undefined) return Option.some(declared)
+  const oldest = accounts.reduce((a, b) => (b.createdAt < a.createdAt || (b.createdAt === a.createdAt && b.id.localeCompare(a.id) < 0) ? b : a))
+  return Option.some(oldest.id)
+}

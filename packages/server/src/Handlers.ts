@@ -150,13 +150,12 @@ export const TokenLive = HttpApiBuilder.group(TesseraApi, "token", (handlers) =>
     const defaultAccount = Effect.gen(function*() {
       if (Option.isSome(config.defaultAccount)) return config.defaultAccount.value
       const accounts = yield* lifecycle.accounts
-      if (accounts.length === 0) return yield* Effect.fail(ApiError.notFound("no_accounts", "there are no accounts"))
-      if (accounts.length === 1) return accounts[0]!.id as string
-      const ids = new Set<string>(accounts.map((account) => account.id))
-      const first = declared.find((entry) => ids.has(entry.account.id))
-      if (first !== undefined) return first.account.id as string
-      const oldest = [...accounts].sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id))[0]!
-      return oldest.id as string
+      const chosen = Account.defaultAccountId(accounts, {
+        configured: Option.none(),
+        declared: declared.map((entry) => entry.account.id)
+      })
+      if (Option.isNone(chosen)) return yield* Effect.fail(ApiError.notFound("no_accounts", "there are no accounts"))
+      return chosen.value
     })
 
     const info = (id: string) =>

@@ -6,7 +6,7 @@
  * authentications one address may make in a window before it is answered 429. The API keys
  * `TESSERA_API_KEYS` declares are registered when the server starts.
  */
-import { ApiKeys } from "@tessera/core"
+import { Account, ApiKeys } from "@tessera/core"
 import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option } from "effect"
 
 export interface ServerConfigShape {
@@ -60,10 +60,7 @@ export const config: Effect.Effect<ServerConfigShape, ConfigError.ConfigError> =
   const listenPort = Option.isSome(tesseraPort)
     ? tesseraPort.value
     : yield* port("PORT").pipe(Config.withDefault(defaults.port))
-  const defaultAccount = yield* Config.option(Config.string("INTERNAL_API_ACCOUNT_ID")).pipe(
-    Config.map(Option.filter((id) => id.trim().length > 0)),
-    Config.map(Option.map((id) => id.trim()))
-  )
+  const defaultAccount = yield* Account.defaultAccountConfig
   const apiKeys = yield* ApiKeys.declaredConfig
   return { ...defaults, host, port: listenPort, defaultAccount, apiKeys }
 })
