@@ -57,16 +57,18 @@ export const parseJson = (raw: string): Option.Option<unknown> =>
  * - `"garbage-html"`: 200 `text/html` `<html>oops</html>`;
  * - `"truncated-json"`: 200 `application/json` `{"access_token": "abc`;
  * - `"empty-json"`: 200 `{}`;
+ * - `"empty-body"`: 200 `application/json` with no body at all;
  * - `{ json, status? }`: any JSON body, status 200 unless given.
  */
 export type Fault =
-  | { readonly status: 401 | 403 | 404 | 500 | 502 | 503; readonly body?: string }
+  | { readonly status: 400 | 401 | 403 | 404 | 408 | 500 | 502 | 503; readonly body?: string }
   | { readonly status: 429; readonly retryAfter?: string }
   | "timeout"
   | "reset"
   | "garbage-html"
   | "truncated-json"
   | "empty-json"
+  | "empty-body"
   | { readonly json: unknown; readonly status?: number }
 
 const reasonBody = (status: number) => json(status, { message: http.STATUS_CODES[status] ?? "Error" })
@@ -88,6 +90,8 @@ export const faultOutcome = (fault: Fault): Outcome => {
       return text(200, "{\"access_token\": \"abc", "application/json")
     case "empty-json":
       return json(200, {})
+    case "empty-body":
+      return text(200, "", "application/json")
   }
   if ("json" in fault) return json(fault.status ?? 200, fault.json)
   if (fault.status === 429) {
@@ -228,6 +232,12 @@ export interface FakeServer<R extends string> {
   /** The request log, oldest first, of one route or of all. */
   readonly requests: (route?: R) => ReadonlyArray<LoggedRequest<R>>
   readonly lastRequest: (route: R) => LoggedRequest<R> | undefined
+  /**
+   * The `Date` header of every answer: by default the fake's clock (`now`), so a fake on
+   * `TestClock` dates its answers on it and a fake whose `now` is skewed shows its wrong
+   * clock; `null` sends none; a string is sent as given (garbage, say).
+   */
+  readonly setDateHeader: (value: string | null | undefined) => void
 }
 
 export interface ServerOptions<R extends string> {
@@ -258,11 +268,16 @@ const close = (server: http.Server) =>
     server.closeAllConnections()
   })
 
-const send = (req: http.IncomingMessage, res: http.ServerResponse, outcome: Outcome): void => {
+const send = (req: http.IncomingMessage, res: http.ServerResponse, outcome: Outcome, date: string | null): void => {
   // A request that times out is left open; `close` destroys its socket.
   if (outcome === "timeout") return
   if (outcome === "reset") return void req.socket.destroy()
-  res.writeHead(outcome.status, { "content-length": String(Buffer.byteLength(outcome.body)), ...outcome.headers })
+  // Node would add a `Date` of the real clock; the fake's own (or none) is sent instead.
+  res.sendDate = false
+  const dated = date === null || Object.keys(outcome.headers).some((name) => name.toLowerCase() === "date")
+    ? outcome.headers
+    : { date, ...outcome.headers }
+  res.writeHead(outcome.status, { "content-length": String(Buffer.byteLength(outcome.body)), ...dated })
   res.end(outcome.body)
 }
 
@@ -275,6 +290,8 @@ export const make = <R extends string>(options: ServerOptions<R>): Effect.Effect
     const log: Array<LoggedRequest<R>> = []
     const queued = new Map<R, Array<Fault>>()
     const standing = new Map<R, Fault>()
+    let dateHeader: string | null | undefined
+    const currentDate = () => (dateHeader === undefined ? new Date(now()).toUTCString() : dateHeader)
 
     const takeFault = (route: R): Fault | undefined => queued.get(route)?.shift() ?? standing.get(route)
 
@@ -314,7 +331,7 @@ export const make = <R extends string>(options: ServerOptions<R>): Effect.Effect
     }
 
     const server = yield* Effect.acquireRelease(
-      listen((req, res) => readBody(req, maxBodyBytes, (body) => send(req, res, dispatch(req, body)))),
+      listen((req, res) => readBody(req, maxBodyBytes, (body) => send(req, res, dispatch(req, body), currentDate()))),
       close
     )
     const { port } = server.address() as AddressInfo
@@ -340,6 +357,9 @@ export const make = <R extends string>(options: ServerOptions<R>): Effect.Effect
         standing.clear()
       },
       requests: (route) => (route === undefined ? [...log] : log.filter((entry) => entry.route === route)),
+      setDateHeader: (value) => {
+        dateHeader = value
+      },
       lastRequest: (route) => {
         for (let index = log.length - 1; index >= 0; index--) {
           if (log[index]!.route === route) return log[index]

@@ -69,14 +69,73 @@ export const retrySchedule = (policy: RetryPolicyShape): Schedule.Schedule<unkno
 export const withRetry = <A, R>(effect: Effect.Effect<A, UpstreamError, R>): Effect.Effect<A, UpstreamError, R> =>
   Effect.flatMap(RetryPolicy, (policy) => Effect.retry(effect, retrySchedule(policy)))
 
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+const DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+const LONG_DAY = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+const TIME = "(\\d{2}):(\\d{2}):(\\d{2})"
+/** `Sun, 06 Nov 1994 08:49:37 GMT` (a one-digit day is tolerated). */
+const IMF_FIXDATE = new RegExp(`^${DAY}, (\\d{1,2}) ([A-Z][a-z]{2}) (\\d{4}) ${TIME} GMT$`)
+/** `Sunday, 06-Nov-94 08:49:37 GMT` (obsolete). */
+const RFC_850 = new RegExp(`^${LONG_DAY}, (\\d{2})-([A-Z][a-z]{2})-(\\d{2}) ${TIME} GMT$`)
+/** `Sun Nov  6 08:49:37 1994` (obsolete, always UTC). */
+const ASCTIME = new RegExp(`^${DAY} ([A-Z][a-z]{2}) ( \\d|\\d{2}) ${TIME} (\\d{4})$`)
+
+const utc = (year: number, month: string, day: number, hour: number, minute: number, second: number): Option.Option<number> => {
+  const monthIndex = MONTHS.indexOf(month)
+  if (monthIndex < 0 || hour > 23 || minute > 59 || second > 60) return Option.none()
+  const time = Date.UTC(year, monthIndex, day, hour, minute, Math.min(second, 59))
+  // Date.UTC rolls 31 February over into March; an HTTP date never does.
+  return new Date(time).getUTCDate() === day ? Option.some(time) : Option.none()
+}
+
+/**
+ * Parses an HTTP date (RFC 9110 §5.6.7: IMF-fixdate and the two obsolete forms every
+ * recipient must read) as epoch milliseconds. Anything else is none: `Date.parse` would read
+ * "garbage 12" as December 2001, and a header is not worth a guess.
+ */
+export const parseHttpDate = (value: string | undefined): Option.Option<number> => {
+  if (value === undefined) return Option.none()
+  const trimmed = value.trim()
+  const imf = IMF_FIXDATE.exec(trimmed)
+  if (imf !== null) return utc(Number(imf[3]), imf[2]!, Number(imf[1]), Number(imf[4]), Number(imf[5]), Number(imf[6]))
+  const rfc850 = RFC_850.exec(trimmed)
+  if (rfc850 !== null) {
+    const yy = Number(rfc850[3])
+    return utc(yy < 70 ? 2000 + yy : 1900 + yy, rfc850[2]!, Number(rfc850[1]), Number(rfc850[4]), Number(rfc850[5]), Number(rfc850[6]))
+  }
+  const asctime = ASCTIME.exec(trimmed)
+  if (asctime !== null) {
+    return utc(Number(asctime[6]), asctime[1]!, Number(asctime[2]), Number(asctime[3]), Number(asctime[4]), Number(asctime[5]))
+  }
+  return Option.none()
+}
+
 /** Parses `Retry-After`: delay-seconds or an HTTP date, as milliseconds from `now`. */
 export const parseRetryAfter = (value: string | undefined, now: number): Option.Option<number> => {
   if (value === undefined) return Option.none()
   const trimmed = value.trim()
   if (/^\d+$/.test(trimmed)) return Option.some(Number(trimmed) * 1000)
-  const date = Date.parse(trimmed)
-  return Number.isNaN(date) || !/[a-z]/i.test(trimmed) ? Option.none() : Option.some(Math.max(0, date - now))
+  return Option.map(parseHttpDate(trimmed), (date) => Math.max(0, date - now))
 }
+
+/**
+ * Below this, a difference between our clock and an upstream's `Date` header is the header's
+ * 1 s resolution and the time the answer spent in flight, not a wrong clock.
+ */
+export const CLOCK_SKEW_TOLERANCE_MS = 2000
+
+/**
+ * How far our clock is ahead of the upstream's, read from a response's `Date` header
+ * (RFC 9110 §6.6.1): `now − date` in milliseconds, so that an absolute time the upstream gave
+ * on its own clock (an `expires_at`) is `time + offset` on ours. 0 when the header is missing
+ * or unreadable, or the difference is within `CLOCK_SKEW_TOLERANCE_MS`. Relative times
+ * (`expires_in`, `Retry-After` seconds) need no correction.
+ */
+export const clockOffset = (headers: Readonly<Record<string, string | undefined>>, now: number): number =>
+  Option.match(parseHttpDate(headers["date"]), {
+    onNone: () => 0,
+    onSome: (date) => Math.abs(now - date) < CLOCK_SKEW_TOLERANCE_MS ? 0 : now - date
+  })
 
 const MESSAGE_FIELDS = ["error_description", "message", "detail", "error"] as const
 

@@ -9,7 +9,8 @@ import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { Account, Errors, Source, Upstream } from "@tessera/core"
 import { Config, Duration, Effect, Option, Redacted, Schema } from "effect"
 import { ExpiryFields } from "./internal/expiry.js"
-import { bearer, issued } from "./internal/http.js"
+import { bearer, call, issued } from "./internal/http.js"
+import type { Answer } from "./internal/http.js"
 
 export const DEFAULT_LIFETIME = Duration.hours(24)
 
@@ -45,8 +46,8 @@ export const passwordSource = (
         : Effect.succeed({ source, base })
     }
 
-    const toIssued = (operation: string) => (body: typeof TokenResponse.Type) =>
-      issued(operation, body.token ?? body.access_token, body, lifetime)
+    const toIssued = (operation: string) => ({ answer, value }: { readonly value: typeof TokenResponse.Type; readonly answer: Answer }) =>
+      issued(operation, value.token ?? value.access_token, value, answer, lifetime)
 
     return {
       kind: "password",
@@ -57,8 +58,7 @@ export const passwordSource = (
             HttpClientRequest.acceptJson,
             HttpClientRequest.bodyUnsafeJson({ username: source.username, password: Redacted.value(source.password) })
           )
-          const body = yield* provide(Upstream.call("obtain", request, TokenResponse))
-          return yield* toIssued("obtain")(body)
+          return yield* toIssued("obtain")(yield* provide(call("obtain", request, TokenResponse)))
         })
       ),
       refresh: Option.some((account: Account.Account, current: Redacted.Redacted<string>) =>
@@ -68,8 +68,7 @@ export const passwordSource = (
             HttpClientRequest.acceptJson,
             HttpClientRequest.setHeader("authorization", bearer(current))
           )
-          const body = yield* provide(Upstream.call("refresh", request, TokenResponse))
-          return yield* toIssued("refresh")(body)
+          return yield* toIssued("refresh")(yield* provide(call("refresh", request, TokenResponse)))
         })
       )
     } satisfies Source.TokenSource

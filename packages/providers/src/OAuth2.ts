@@ -8,11 +8,11 @@
  * it before it hands the new access token out, so the next grant presents the new one.
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
-import { Errors, Upstream } from "@tessera/core"
+import { Errors } from "@tessera/core"
 import type { Account, Source } from "@tessera/core"
 import { Effect, Option, Redacted, Schema } from "effect"
 import { ExpiryFields } from "./internal/expiry.js"
-import { issued } from "./internal/http.js"
+import { call, issued } from "./internal/http.js"
 
 export interface Options {
   /**
@@ -102,10 +102,10 @@ export const source = (options: Options = {}): Effect.Effect<Source.TokenSource,
         if (source._tag !== "oauth2") return yield* refused(operation, "not an oauth2 account")
         const fields = yield* grantFields(source, operation)
         const request = HttpClientRequest.post(source.tokenUrl).pipe(HttpClientRequest.acceptJson, authenticate(source, fields))
-        const body = yield* Upstream.call(operation, request, TokenResponse).pipe(Effect.mapError(grantRefusal))
-        const refreshToken = rotatedRefreshToken(source, body.refresh_token)
+        const { answer, value } = yield* call(operation, request, TokenResponse).pipe(Effect.mapError(grantRefusal))
+        const refreshToken = rotatedRefreshToken(source, value.refresh_token)
         // Without `expires_in` the lifetime is unknown: the token is used until a 401 says otherwise.
-        return yield* issued(operation, body.access_token, body, () => Option.none(), refreshToken === undefined ? {} : { refreshToken })
+        return yield* issued(operation, value.access_token, value, answer, () => Option.none(), refreshToken === undefined ? {} : { refreshToken })
       }).pipe(Effect.provideService(HttpClient.HttpClient, client))
 
     return {

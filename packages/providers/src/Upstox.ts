@@ -10,7 +10,7 @@ import { Account, Errors, Source, Upstream } from "@tessera/core"
 import { Config, Cron, Effect, Either, Option, Schema } from "effect"
 import type { ConfigError, Redacted } from "effect"
 import { ExpiryFields } from "./internal/expiry.js"
-import { bearer, issued } from "./internal/http.js"
+import { bearer, call, issued } from "./internal/http.js"
 
 export const DEFAULT_API_URL = "https://api.upstox.com"
 
@@ -51,10 +51,10 @@ export const remoteSource = (
         const base = yield* serviceUrl(account, operation)
         const url = Upstream.joinUrl(base, accountPath(account.id, operation === "obtain" ? "token" : "refresh"))
         const request = operation === "obtain" ? HttpClientRequest.get(url) : HttpClientRequest.post(url)
-        const body = yield* Upstream.call(operation, HttpClientRequest.acceptJson(request), TokenResponse).pipe(
+        const { answer, value } = yield* call(operation, HttpClientRequest.acceptJson(request), TokenResponse).pipe(
           Effect.provideService(HttpClient.HttpClient, client)
         )
-        return yield* issued(operation, body.access_token, body, (now) => Option.some(nextDailyExpiry(now)))
+        return yield* issued(operation, value.access_token, value, answer, (now) => Option.some(nextDailyExpiry(now)))
       })
     return {
       kind: "remote",
