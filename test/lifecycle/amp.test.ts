@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Account, Lifecycle, Settings, TokenStore } from "@tessera/core"
-import { Duration, Effect, Fiber, Redacted, TestClock } from "effect"
+import { Account, Crypto, Lifecycle, TokenStore } from "@tessera/core"
+import { Effect, Fiber, Redacted, TestClock } from "effect"
 import { Amp, FakeServer } from "../fakes/index.js"
 import * as Harness from "./harness.js"
 
@@ -65,17 +65,26 @@ describe("password (AMP) accounts against a fake AMP server", () => {
       })))
 
   it.scoped("an expired token is replaced by a fresh obtain, never a refresh with the dead token", () =>
-    withAmp({}, (amp, lifecycle) =>
-      Effect.gen(function*() {
-        yield* lifecycle.add(ampAccount(), { token: Redacted.make("amp_OLDTOKENOLDTOKENOLDTOKEN"), expiresAt: 10 * MINUTE })
-        yield* TestClock.adjust(11 * MINUTE)
-        yield* Harness.settle
-        // the scheduler may already be at work; either way only obtain may be called
-        const lease = yield* lifecycle.get("amp")
-        expect(amp.isValid(Redacted.value(lease.token))).toBe(true)
-        expect(amp.calls("refresh")).toBe(0)
-        expect(amp.calls("obtain")).toBe(1)
-      })).pipe(Effect.provideService(Settings.Settings, { ...Settings.Settings.defaultValue(), refreshWindow: Duration.zero })))
+    Effect.gen(function*() {
+      const amp = yield* Amp.make({ users: { trader: "s3cret-pass" }, now: yield* FakeServer.clockNow })
+      const store = { filename: `${yield* Harness.tempDir}/tessera.db`, key: yield* Crypto.generateKey }
+      const run = <A, E>(body: (lifecycle: Lifecycle.LifecycleService) => Effect.Effect<A, E, Harness.Services>) =>
+        Effect.scoped(Effect.flatMap(Lifecycle.Lifecycle, body).pipe(
+          Effect.provide(Harness.layer({ ampUrl: amp.url }, store)),
+          Effect.provideService(Lifecycle.StartupFetch, false)
+        ))
+      yield* run((lifecycle) =>
+        lifecycle.add(ampAccount(), { token: Redacted.make("amp_OLDTOKENOLDTOKENOLDTOKEN"), expiresAt: 10 * MINUTE }))
+      // the token dies while nothing runs (the service is down, say)
+      yield* TestClock.adjust(11 * MINUTE)
+      yield* run((lifecycle) =>
+        Effect.gen(function*() {
+          const lease = yield* lifecycle.get("amp")
+          expect(amp.isValid(Redacted.value(lease.token))).toBe(true)
+        }))
+      expect(amp.calls("refresh")).toBe(0)
+      expect(amp.calls("obtain")).toBe(1)
+    }))
 
   it.scoped("a refresh the server refuses falls back to obtain", () =>
     withAmp({}, (amp, lifecycle) =>

@@ -22,6 +22,7 @@ import {
 import { StoreError } from "./Errors.js"
 import type { AccountExists } from "./Errors.js"
 import * as Events from "./Events.js"
+import * as Leases from "./internal/leases.js"
 import * as Pools from "./internal/pools.js"
 import * as Scheduler from "./internal/scheduler.js"
 import * as SingleFlight from "./internal/singleFlight.js"
@@ -136,6 +137,13 @@ interface Actor {
 
 type Mode = "ensure" | "force"
 
+/** Whether two states hold the same token (the same value with the same expiry). */
+const sameRecord = (a: Option.Option<TokenRecord>, b: Option.Option<TokenRecord>): boolean =>
+  Option.isNone(a) || Option.isNone(b)
+    ? Option.isNone(a) && Option.isNone(b)
+    : Redacted.value(a.value.token) === Redacted.value(b.value.token) &&
+      Option.getOrNull(a.value.expiresAt) === Option.getOrNull(b.value.expiresAt)
+
 const canRenew = (source: TokenSource) => Option.isSome(source.obtain) || Option.isSome(source.refresh)
 
 const lastError = (error: RenewError, at: number) =>
@@ -154,6 +162,7 @@ export const make = Effect.gen(function*() {
   const flights = yield* FiberSet.make()
   const background = yield* FiberMap.make<string>()
   const upstreamPermits = yield* Effect.makeSemaphore(settings.concurrency)
+  const leases = Leases.make(store, settings.leaseTtl)
   /** Every account's actor by id; changed only inside `Effect.sync`, so never seen half-updated. */
   const actors = new Map<string, Actor>()
 
@@ -228,7 +237,7 @@ export const make = Effect.gen(function*() {
     if (Option.isSome(state.invalid)) return undefined
     const expiresAt = Option.getOrUndefined(Option.flatMap(state.token, (record) => record.expiresAt))
     if (expiresAt === undefined) return undefined
-    return renewable(account) ? expiresAt - windowMs : expiresAt
+    return renewable(account) ? expiresAt - Math.max(windowMs, Token.HANDOUT_MARGIN_MS) : expiresAt
   }
 
   const scheduleNext = (actor: Actor): Effect.Effect<void> =>
@@ -253,12 +262,69 @@ export const make = Effect.gen(function*() {
   }
 
   /**
-   * Renews the token: the work of one flight. In `ensure` mode a token still valid beyond the
-   * window is returned as is (another caller's flight may have just renewed it).
+   * Takes up what another process sharing the database stored for the account since this one
+   * last looked (a token it renewed, with a rotated credential, or an invalid mark or a clear).
+   * True when something changed.
+   */
+  const adoptStored = (actor: Actor): Effect.Effect<boolean, StoreError> =>
+    lockOf(actor).withPermits(1)(Effect.gen(function*() {
+      const stored = yield* store.load(actor.id).pipe(
+        Effect.catchTags({
+          DecryptionFailed: (error) => Effect.fail(new StoreError({ operation: "load account", detail: error.message })),
+          UnknownEncryptionKey: (error) => Effect.fail(new StoreError({ operation: "load account", detail: error.message }))
+        })
+      )
+      if (Option.isNone(stored)) return false
+      const current = yield* Ref.get(actor.state)
+      const theirs = stored.value.state
+      if (sameRecord(current.token, theirs.token) && Option.isSome(current.invalid) === Option.isSome(theirs.invalid)) return false
+      yield* Ref.set(actor.state, {
+        ...current,
+        token: theirs.token,
+        invalid: theirs.invalid,
+        lastError: theirs.lastError,
+        lastRefreshedAt: theirs.lastRefreshedAt,
+        username: theirs.username
+      })
+      yield* Ref.set(actor.account, stored.value.account)
+      actor.startup = false
+      yield* pools.sync(actor)
+      yield* scheduleNext(actor)
+      return true
+    }))
+
+  /**
+   * Renews the token: the work of one flight. When it may go upstream it holds the account's
+   * refresh lease, so of the processes sharing the database only one renews, and the others
+   * take up its result: first, whatever the store holds now is taken up.
    */
   const renew = (actor: Actor, mode: Mode): Effect.Effect<TokenRecord, RenewError> =>
     Effect.gen(function*() {
       const start = yield* now
+      const state = yield* Ref.get(actor.state)
+      const settled = mode === "ensure" && (Option.isSome(state.invalid) || Token.need(state, start, windowMs) === "use")
+      if (settled || !renewable(yield* Ref.get(actor.account))) return yield* renewHere(actor, mode, start)
+      return yield* leases.hold(
+        actor.id,
+        Effect.gen(function*() {
+          if (yield* adoptStored(actor)) {
+            const adopted = yield* Ref.get(actor.state)
+            // A forced refresh is answered by a renewal that another process finished meanwhile.
+            if (mode === "force" && Option.isSome(adopted.token) && Option.exists(adopted.lastRefreshedAt, (at) => at > start)) {
+              return adopted.token.value
+            }
+          }
+          return yield* renewHere(actor, mode, start)
+        })
+      )
+    })
+
+  /**
+   * The renewal itself. In `ensure` mode a token still valid beyond the window is returned as
+   * is (another caller's flight may have just renewed it).
+   */
+  const renewHere = (actor: Actor, mode: Mode, start: number): Effect.Effect<TokenRecord, RenewError> =>
+    Effect.gen(function*() {
       const state = yield* Ref.get(actor.state)
       const account = yield* Ref.get(actor.account)
       const status = Token.status(state, start)
@@ -271,12 +337,13 @@ export const make = Effect.gen(function*() {
       const current = state.token
       const stillValid = Option.isSome(current) && need !== "obtain"
       if (!canRenew(source)) {
-        if (mode === "ensure" && stillValid) return current.value
+        const servable = Option.filter(current, (record) => Token.servable(record, start))
+        if (mode === "ensure" && Option.isSome(servable)) return servable.value
         return yield* new OperationUnsupported({
           accountId: actor.id,
           operation: mode === "force" ? "refresh" : "obtain a token for",
-          reason: Option.isSome(current) && !stillValid
-            ? `its ${sourceKind(account.source)} token has expired and cannot be renewed; update it`
+          reason: Option.isSome(current) && Option.isNone(servable)
+            ? `its ${sourceKind(account.source)} token has expired (or expires within a minute) and cannot be renewed; update it`
             : `a ${sourceKind(account.source)} token is handed in, never obtained or refreshed`
         })
       }
@@ -464,18 +531,19 @@ export const make = Effect.gen(function*() {
   /**
    * A token inside its window is renewed first, but while it is still valid a failed renewal
    * does not fail the caller: the current token is served and the background keeps trying.
-   * While a background retry runs, callers do not start renewals of their own.
+   * While a background retry waits for its next attempt, callers do not start renewals of
+   * their own; they join one that is under way.
    */
   const refreshOrKeep = (actor: Actor, current: TokenRecord): Effect.Effect<TokenRecord, RenewError> =>
     Effect.gen(function*() {
-      if (yield* FiberMap.has(background, actor.id)) return current
+      const retrying = (yield* FiberMap.has(background, actor.id)) && !(yield* flightOf(actor).running)
+      if (retrying && Token.servable(current, yield* now)) return current
       const renewed = yield* Effect.either(renewOnce(actor, "ensure"))
       if (renewed._tag === "Right") return renewed.right
       const state = yield* Ref.get(actor.state)
       const at = yield* now
-      const stillValid = Option.isNone(state.invalid) &&
-        Option.getOrUndefined(state.token) === current &&
-        Option.exists(current.expiresAt, (expiresAt) => expiresAt > at)
+      const stillValid = Option.isNone(state.invalid) && Option.getOrUndefined(state.token) === current &&
+        Token.servable(current, at)
       if (!stillValid) return yield* Effect.fail(renewed.left)
       yield* runInBackground(actor)
       return current

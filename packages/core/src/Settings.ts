@@ -17,6 +17,11 @@ export interface SettingsShape {
   readonly backgroundRetryMax: Duration.Duration
   /** How often usage (last use, rate-limit counters, acquire counts) is written to the store. */
   readonly flushInterval: Duration.Duration
+  /**
+   * How long a refresh lease lasts unless its holder extends it: how soon another process
+   * sharing the database takes over the renewals of one that died holding them.
+   */
+  readonly leaseTtl: Duration.Duration
 }
 
 export class Settings extends Context.Reference<Settings>()("@tessera/core/Settings", {
@@ -26,7 +31,8 @@ export class Settings extends Context.Reference<Settings>()("@tessera/core/Setti
     timeZone: DateTime.zoneUnsafeMakeNamed("UTC"),
     concurrency: 32,
     backgroundRetryMax: Duration.minutes(5),
-    flushInterval: Duration.seconds(1)
+    flushInterval: Duration.seconds(1),
+    leaseTtl: Duration.seconds(30)
   })
 }) {}
 
@@ -93,7 +99,8 @@ export const settingsConfig: Effect.Effect<SettingsShape, ConfigError.ConfigErro
       Config.withDefault(32)
     ),
     backgroundRetryMax: yield* duration("TESSERA_BACKGROUND_RETRY_MAX").pipe(Config.withDefault(Duration.minutes(5))),
-    flushInterval: yield* duration("TESSERA_FLUSH_INTERVAL").pipe(Config.withDefault(Duration.seconds(1)))
+    flushInterval: yield* duration("TESSERA_FLUSH_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
+    leaseTtl: yield* duration("TESSERA_LEASE_TTL").pipe(Config.withDefault(Duration.seconds(30)))
   }
 })
 

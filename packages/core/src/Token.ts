@@ -87,13 +87,24 @@ export const status = (state: TokenState, now: number): TokenStatus => {
   return "available"
 }
 
+/**
+ * No token is handed out within this long of its expiry, whatever the refresh window: a
+ * caller needs time to use it, and the expiry may be a little off (clock skew, latency).
+ */
+export const HANDOUT_MARGIN_MS = 60_000
+
+/** Whether a token may still be handed out at `now`: it has no expiry or is valid beyond the margin. */
+export const servable = (record: TokenRecord, now: number): boolean =>
+  Option.match(record.expiresAt, { onNone: () => true, onSome: (at) => at - HANDOUT_MARGIN_MS > now })
+
 /** What `get` must do before it can hand a token out (SPEC §2.2). */
 export type Need = "use" | "refresh" | "obtain"
 
 /**
  * Decides between using the stored token, refreshing it, or obtaining a new one.
- * A token inside the refresh window is refreshed; a missing or expired token is obtained
- * again, never refreshed (a dead token cannot refresh itself).
+ * A token inside the refresh window (never less than the hand-out margin) is refreshed; a
+ * missing or expired token is obtained again, never refreshed (a dead token cannot refresh
+ * itself).
  */
 export const need = (state: TokenState, now: number, windowMs: number): Need =>
   Option.match(state.token, {
@@ -101,7 +112,7 @@ export const need = (state: TokenState, now: number, windowMs: number): Need =>
     onSome: (record) =>
       Option.match(record.expiresAt, {
         onNone: () => "use",
-        onSome: (at) => at <= now ? "obtain" : at - windowMs <= now ? "refresh" : "use"
+        onSome: (at) => at <= now ? "obtain" : at - Math.max(windowMs, HANDOUT_MARGIN_MS) <= now ? "refresh" : "use"
       })
   })
 

@@ -74,6 +74,17 @@ export interface TokenStoreService {
     usage: ReadonlyArray<{ readonly id: AccountId; readonly state: TokenState }>,
     events: ReadonlyArray<TokenEvent>
   ) => Effect.Effect<void, StoreError>
+  /**
+   * Takes (or extends) the refresh lease of an account for `owner` until `expiresAt`, unless
+   * another owner holds an unexpired one (`now` is the caller's clock). One statement, so two
+   * processes can never both hold it. False when someone else holds it.
+   */
+  readonly takeLease: (
+    id: AccountId,
+    lease: { readonly owner: string; readonly now: number; readonly expiresAt: number }
+  ) => Effect.Effect<boolean, StoreError>
+  /** Gives the lease back, if `owner` still holds it. */
+  readonly releaseLease: (id: AccountId, owner: string) => Effect.Effect<void, StoreError>
   readonly appendAudit: (events: ReadonlyArray<TokenEvent>) => Effect.Effect<void, StoreError>
   readonly audit: (query: AuditQuery) => Effect.Effect<ReadonlyArray<AuditEntry>, StoreError>
   /**
@@ -404,6 +415,20 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             yield* insertEvents(events)
           }))
         }).pipe(Effect.mapError(storeError("save token state"))),
+      takeLease: (id, { expiresAt, now: at, owner }) =>
+        sql<{ owner: string }>`INSERT INTO refresh_leases (account_id, owner, expires_at)
+          VALUES (${id}, ${owner}, ${expiresAt})
+          ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+          WHERE refresh_leases.owner = excluded.owner OR refresh_leases.expires_at <= ${at}
+          RETURNING owner`.pipe(
+          Effect.map((rows) => rows.length > 0),
+          Effect.mapError(storeError("take a refresh lease"))
+        ),
+      releaseLease: (id, owner) =>
+        sql`DELETE FROM refresh_leases WHERE account_id = ${id} AND owner = ${owner}`.pipe(
+          Effect.asVoid,
+          Effect.mapError(storeError("release a refresh lease"))
+        ),
       saveUsage: (usage, events) =>
         immediate(Effect.gen(function*() {
           for (const chunk of chunksOf(usage, CHUNK)) {

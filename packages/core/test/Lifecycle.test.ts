@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Account, Crypto, Lifecycle, Settings, Token, TokenStore } from "@tessera/core"
-import { Cron, DateTime, Duration, Effect, Either, Exit, FastCheck, Fiber, Option, Redacted, TestClock } from "effect"
+import { Context, Cron, DateTime, Duration, Effect, Either, Exit, FastCheck, Fiber, Layer, Option, Redacted, TestClock } from "effect"
 import * as path from "node:path"
 import { tempDir } from "./utils/tempDir.js"
 import * as TestUpstream from "./utils/TestUpstream.js"
@@ -95,19 +95,25 @@ describe("SPEC §2.2 get", () => {
   it.scoped("obtains a new token, never refreshing, when the token has expired", () =>
     Effect.gen(function*() {
       const upstream = yield* TestUpstream.make()
-      yield* withLifecycle(upstream, (lifecycle) =>
+      const filename = path.join(yield* tempDir, "tessera.db")
+      const key = yield* Crypto.generateKey
+      const run = <A, E>(body: (lifecycle: Lifecycle.LifecycleService) => Effect.Effect<A, E>) =>
+        Effect.scoped(Effect.flatMap(Lifecycle.Lifecycle, body).pipe(
+          Effect.provide(TestUpstream.layer(upstream, { filename, key })),
+          Effect.provideService(Lifecycle.StartupFetch, false)
+        ))
+      yield* run((lifecycle) =>
+        lifecycle.add(TestUpstream.testAccount("acme"), { token: Redacted.make("manual-token-0001-abcdef"), expiresAt: 10 * MINUTE }))
+      // the token dies while nothing runs (the service is down, say)
+      yield* TestClock.adjust(20 * MINUTE)
+      yield* run((lifecycle) =>
         Effect.gen(function*() {
-          yield* lifecycle.add(TestUpstream.testAccount("acme"), {
-            token: Redacted.make("manual-token-0001-abcdef"),
-            expiresAt: 10 * MINUTE
-          })
-          // with no window nothing renews the token before it dies
-          yield* TestClock.adjust(10 * MINUTE)
+          expect((yield* lifecycle.info("acme")).status).toBe("expired")
           const lease = yield* lifecycle.get("acme")
           expect(Redacted.value(lease.token)).toMatch(/^obtain-token-/)
-          expect(yield* upstream.calls("refresh")).toBe(0)
-          expect(yield* upstream.calls("obtain")).toBe(1)
-        })).pipe(Effect.provideService(Settings.Settings, { ...Settings.Settings.defaultValue(), refreshWindow: Duration.zero }))
+        }))
+      expect(yield* upstream.calls("refresh")).toBe(0)
+      expect(yield* upstream.calls("obtain")).toBe(1)
     }))
 
   it.prop(
@@ -626,6 +632,160 @@ describe("accounts at run time", () => {
           yield* settle
           expect(yield* upstream.calls("refresh")).toBe(0)
           expect(Exit.isFailure(yield* Effect.exit(lifecycle.get("acme")))).toBe(true)
+        }))
+    }))
+})
+
+describe("refresh leases: several processes on one database", () => {
+  /** Two lifecycles on one SQLite file, as two processes would have: separate connections and memories. */
+  const twoProcesses = (options: { readonly latency?: Duration.DurationInput } = {}) => Effect.gen(function*() {
+    const filename = path.join(yield* tempDir, "tessera.db")
+    const key = yield* Crypto.generateKey
+    const upstream = yield* TestUpstream.make({ lifetime: "1 hour", ...options })
+    const open = Effect.gen(function*() {
+      const context = yield* Layer.build(TestUpstream.layer(upstream, { filename, key }))
+      return { lifecycle: Context.get(context, Lifecycle.Lifecycle), store: Context.get(context, TokenStore.TokenStore) }
+    })
+    return { upstream, open }
+  })
+
+  /** Lets waits on the lease (polled every 50 ms) and the fibers behind them run. */
+  const pass = (ms: number) => Effect.zipRight(TestClock.adjust(ms), settle)
+
+  it.scoped("refreshes 20 synchronized expiries once between two processes, and both serve the new tokens", () =>
+    Effect.gen(function*() {
+      // renewals take a while upstream, so the two processes' renewals overlap
+      const { open, upstream } = yield* twoProcesses({ latency: "200 millis" })
+      const a = yield* open
+      const ids = Array.from({ length: 20 }, (_, i) => `acct-${i}`)
+      const setup = yield* Effect.fork(
+        Effect.forEach(ids, (id) => Effect.zipRight(a.lifecycle.add(TestUpstream.testAccount(id)), a.lifecycle.get(id)), {
+          concurrency: "unbounded"
+        })
+      )
+      yield* pass(200)
+      yield* Fiber.join(setup)
+      const b = yield* open
+      yield* b.lifecycle.awaitStartup
+      expect(yield* upstream.calls("obtain")).toBe(20)
+      // both schedulers fire at expiry − 5 minutes, and callers of both ask meanwhile
+      yield* TestClock.adjust(55 * MINUTE + 200)
+      const asked = yield* Effect.fork(
+        Effect.forEach(ids, (id) => Effect.all([a.lifecycle.get(id), b.lifecycle.get(id)]), { concurrency: "unbounded" })
+      )
+      for (let i = 0; i < 20; i++) yield* pass(50)
+      const leases = yield* Fiber.join(asked)
+      expect(yield* upstream.calls("refresh")).toBe(20)
+      expect(yield* upstream.calls("obtain")).toBe(20)
+      for (const [fromA, fromB] of leases) {
+        expect(Redacted.value(fromA.token)).toMatch(/^refresh-token-/)
+        expect(Redacted.value(fromB.token)).toBe(Redacted.value(fromA.token))
+      }
+      // the process that did not refresh took up the new token, expiry and all, and schedules from it
+      const infos = yield* Effect.forEach(ids, (id) => Effect.all([a.lifecycle.info(id), b.lifecycle.info(id)]))
+      for (const [inA, inB] of infos) expect(inB.expiresAt).toBe(inA.expiresAt)
+      yield* pass(HOUR)
+      expect(yield* upstream.calls("refresh")).toBe(40)
+    }))
+
+  it.scoped("waits for a lease another process holds, and takes it over when its holder died without giving it back", () =>
+    Effect.gen(function*() {
+      const { open, upstream } = yield* twoProcesses()
+      const a = yield* open
+      yield* Effect.zipRight(a.lifecycle.add(TestUpstream.testAccount("acme")), a.lifecycle.get("acme"))
+      // a process that took the lease and was killed
+      const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+      expect(yield* a.store.takeLease(TestUpstream.accountId("acme"), { owner: "killed", now, expiresAt: now + 30_000 })).toBe(true)
+      const refresh = yield* Effect.fork(a.lifecycle.refresh("acme"))
+      yield* pass(29_000)
+      expect(yield* upstream.calls("refresh")).toBe(0)
+      expect(refresh.unsafePoll()).toBeNull()
+      for (let i = 0; i < 30; i++) yield* pass(50)
+      const info = yield* Fiber.join(refresh)
+      expect(info.source).toBe("refresh")
+      expect(yield* upstream.calls("refresh")).toBe(1)
+      // and a lease is never taken while a live holder has it
+      expect(yield* a.store.takeLease(TestUpstream.accountId("acme"), { owner: "other", now: now + 31_000, expiresAt: now + 60_000 }))
+        .toBe(true)
+      expect(yield* a.store.takeLease(TestUpstream.accountId("acme"), { owner: "third", now: now + 32_000, expiresAt: now + 62_000 }))
+        .toBe(false)
+    }))
+
+  it.scoped("a forced refresh that waited for another process's renewal returns that renewal instead of refreshing again", () =>
+    Effect.gen(function*() {
+      const { open, upstream } = yield* twoProcesses({ latency: "1 second" })
+      const a = yield* open
+      const setup = yield* Effect.fork(Effect.zipRight(a.lifecycle.add(TestUpstream.testAccount("acme")), a.lifecycle.get("acme")))
+      yield* pass(1_000)
+      yield* Fiber.join(setup)
+      const b = yield* open
+      // a is upstream (holding the lease) when b is asked to refresh
+      const byA = yield* Effect.fork(a.lifecycle.refresh("acme"))
+      yield* settle
+      const byB = yield* Effect.fork(b.lifecycle.refresh("acme"))
+      for (let i = 0; i < 30; i++) yield* pass(50)
+      const [fromA, fromB] = [yield* Fiber.join(byA), yield* Fiber.join(byB)]
+      expect(yield* upstream.calls("refresh")).toBe(1)
+      expect(fromB.expiresAt).toBe(fromA.expiresAt)
+      expect(Redacted.value((yield* b.lifecycle.get("acme")).token)).toBe(Redacted.value((yield* a.lifecycle.get("acme")).token))
+      // asked again later, b refreshes: a forced refresh means now
+      yield* pass(MINUTE)
+      const later = yield* Effect.fork(b.lifecycle.refresh("acme"))
+      yield* pass(1_000)
+      yield* Fiber.join(later)
+      expect(yield* upstream.calls("refresh")).toBe(2)
+    }))
+})
+
+describe("the hand-out margin: no token within 60 s of its expiry", () => {
+  it.scoped("refuses a static token that expires within a minute, and serves one that expires later", () =>
+    Effect.gen(function*() {
+      const upstream = yield* TestUpstream.make()
+      yield* withLifecycle(upstream, (lifecycle) =>
+        Effect.gen(function*() {
+          yield* lifecycle.add(TestUpstream.staticAccount("soon"), { token: Redacted.make("static-token-soon-0001"), expiresAt: 59_000 })
+          yield* lifecycle.add(TestUpstream.staticAccount("later"), { token: Redacted.make("static-token-late-0001"), expiresAt: 61_000 })
+          const soon = yield* Effect.either(lifecycle.get("soon"))
+          expect(Either.isLeft(soon) && soon.left._tag).toBe("OperationUnsupported")
+          expect(Redacted.value((yield* lifecycle.get("later")).token)).toBe("static-token-late-0001")
+          yield* TestClock.adjust(1_001)
+          expect(Either.isLeft(yield* Effect.either(lifecycle.get("later")))).toBe(true)
+        }))
+    }))
+
+  it.scoped("renews a token at expiry − 60 s even when the window is shorter", () =>
+    Effect.gen(function*() {
+      const upstream = yield* TestUpstream.make({ lifetime: "10 minutes" })
+      yield* withLifecycle(upstream, (lifecycle) =>
+        Effect.gen(function*() {
+          yield* lifecycle.add(TestUpstream.testAccount("acme"))
+          yield* lifecycle.get("acme")
+          yield* TestClock.adjust(9 * MINUTE - 1)
+          yield* settle
+          expect(yield* upstream.calls("refresh")).toBe(0)
+          yield* TestClock.adjust(1)
+          yield* settle
+          expect(yield* upstream.calls("refresh")).toBe(1)
+        })).pipe(Effect.provideService(Settings.Settings, { ...Settings.Settings.defaultValue(), refreshWindow: Duration.seconds(10) }))
+    }))
+
+  it.scoped("while renewals fail, serves the current token until 60 s before its expiry, then fails the caller", () =>
+    Effect.gen(function*() {
+      const upstream = yield* TestUpstream.make({ lifetime: "1 hour" })
+      yield* withLifecycle(upstream, (lifecycle) =>
+        Effect.gen(function*() {
+          yield* lifecycle.add(TestUpstream.testAccount("acme"))
+          const first = yield* lifecycle.get("acme")
+          const down = TestUpstream.upstreamError("server", 503)
+          yield* upstream.failNext("refresh", down, 1_000)
+          yield* upstream.failNext("obtain", down, 1_000)
+          yield* TestClock.adjust(58 * MINUTE)
+          yield* settle
+          expect(Redacted.value((yield* lifecycle.get("acme")).token)).toBe(Redacted.value(first.token))
+          yield* TestClock.adjust(MINUTE)
+          yield* settle
+          const late = yield* Effect.either(lifecycle.get("acme"))
+          expect(Either.isLeft(late)).toBe(true)
         }))
     }))
 })

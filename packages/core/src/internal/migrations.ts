@@ -73,5 +73,15 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       revoked_at INTEGER
     )`
     yield* sql`CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL`
+  }),
+  "0003_refresh_leases": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Who renews an account's token right now, across every process sharing the database:
+    // the holder named by `owner` until `expires_at` (epoch milliseconds), then anyone.
+    yield* sql`CREATE TABLE refresh_leases (
+      account_id TEXT PRIMARY KEY REFERENCES accounts (account_id) ON DELETE CASCADE,
+      owner TEXT NOT NULL,
+      expires_at INTEGER NOT NULL
+    )`
   })
 }

@@ -51,7 +51,7 @@ export interface Deps<A extends PoolActor> {
 
 export const standingOf = (state: TokenState, at: number): Standing => {
   if (Option.isSome(state.invalid) || Option.isNone(state.token)) return { _tag: "out" }
-  if (Option.exists(state.token.value.expiresAt, (expiresAt) => expiresAt <= at)) return { _tag: "out" }
+  if (!Token.servable(state.token.value, at)) return { _tag: "out" }
   if (Token.isLimited(state.rateLimit, at)) {
     return { _tag: "limited", until: Option.getOrThrow(state.rateLimit).resetAt ?? at }
   }
@@ -215,7 +215,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     /** The last word on a candidate: its token may have expired since it entered rotation. */
     const usable = (at: number) => (member: { value: Entry<A> }): Standing => {
       const record = member.value.record
-      return record === undefined || Option.exists(record.expiresAt, (expiresAt) => expiresAt <= at)
+      return record === undefined || !Token.servable(record, at)
         ? { _tag: "out" }
         : { _tag: "available" }
     }

@@ -19,6 +19,8 @@ export interface SingleFlight<A, E> {
   readonly exclusive: (work: Effect.Effect<A, E>) => Effect.Effect<A, E>
   /** Interrupts the running flight; its callers fail with `onInterrupt()`. */
   readonly interrupt: Effect.Effect<void>
+  /** Whether a flight runs now. */
+  readonly running: Effect.Effect<boolean>
 }
 
 export const make = <A, E>(
@@ -61,7 +63,8 @@ export const unsafeMake = <A, E>(fibers: FiberSet.FiberSet, onInterrupt: () => E
       interrupt: Effect.flatMap(Ref.get(current), (running) =>
         Option.isSome(running) && Option.isSome(running.value.fiber)
           ? Fiber.interrupt(running.value.fiber.value).pipe(Effect.asVoid)
-          : Effect.void)
+          : Effect.void),
+      running: Effect.map(Ref.get(current), Option.isSome)
     }
   }
 }
