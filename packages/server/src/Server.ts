@@ -19,7 +19,7 @@ import {
 } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { NodeHttpClient, NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
-import { ApiKeys, Crypto, Events, Lifecycle, Settings, TokenPool, TokenStore, Upstream } from "@tessera/core"
+import { ApiKeys, Crypto, Events, Lifecycle, RedisMirror, Settings, TokenPool, TokenStore, Upstream } from "@tessera/core"
 import type { Errors } from "@tessera/core"
 import { Drivers } from "@tessera/providers"
 import { Cause, Effect, Layer, Option, Schema } from "effect"
@@ -30,6 +30,7 @@ import * as ApiError from "./ApiError.js"
 import * as Auth from "./Auth.js"
 import * as Handlers from "./Handlers.js"
 import * as Metrics from "./Metrics.js"
+import * as Wire from "./Wire.js"
 import { isLoopback, ServerConfig } from "./ServerConfig.js"
 import * as ServerConfigModule from "./ServerConfig.js"
 
@@ -247,9 +248,11 @@ const DeclaredAccountsLive = Layer.effect(Lifecycle.DeclaredAccounts, Drivers.ac
  * Core's services from the environment, as `tessera serve` runs them: the store and API keys
  * on `TESSERA_DB`, the keyring, every event logged, the metrics collector (subscribed before
  * the lifecycle starts, so the startup fetch is counted), the lifecycle and pools with the
- * built-in sources and providers and the accounts the environment declares.
+ * built-in sources and providers and the accounts the environment declares, and the Redis
+ * mirror when `TESSERA_REDIS_URL` is set.
  */
-export const layerServicesConfig = Lifecycle.layer.pipe(
+export const layerServicesConfig = RedisMirror.layerConfig({ tokenInfo: Wire.tokenInfo }).pipe(
+  Layer.provideMerge(Lifecycle.layer),
   Layer.provideMerge(Metrics.layer),
   Layer.provideMerge(Events.layerLogged),
   Layer.provideMerge(ApiKeys.layerConfig),
