@@ -31,7 +31,7 @@ import { Drivers, isWellFormedToken } from "./Source.js"
 import type { TokenSource, Validation } from "./Source.js"
 import * as Token from "./Token.js"
 import type { Issued, Lease, TokenInfo, TokenOrigin, TokenRecord, TokenState } from "./Token.js"
-import { TokenPool } from "./TokenPool.js"
+import { SharedRotation, TokenPool } from "./TokenPool.js"
 import { TokenStore } from "./TokenStore.js"
 import type { StoredAccount } from "./TokenStore.js"
 import { RetryPolicy } from "./Upstream.js"
@@ -87,6 +87,11 @@ export interface LifecycleService {
     token?: { readonly token: Redacted.Redacted<string>; readonly expiresAt?: number | undefined }
   ) => Effect.Effect<TokenInfo, AccountExists | TokenRejected | StoreError>
   readonly remove: (id: string) => Effect.Effect<void, AccountNotFound | StoreError>
+  /**
+   * Takes up what the store holds for an account that another instance sharing it changed:
+   * its state, an account it added, or the removal of one.
+   */
+  readonly reload: (id: string) => Effect.Effect<void, StoreError>
   /** Refreshes every account whose source can renew (the daily cron's work). */
   readonly refreshAll: Effect.Effect<RefreshSummary>
   /** Completes when every startup fetch has had its first attempt. */
@@ -261,6 +266,25 @@ export const make = Effect.gen(function*() {
     return Effect.succeed(issued)
   }
 
+  /** An account as stored now; a value that does not decrypt is a store failure here. */
+  const loadStored = (id: AccountId): Effect.Effect<Option.Option<StoredAccount>, StoreError> =>
+    store.load(id).pipe(
+      Effect.catchTags({
+        DecryptionFailed: (error) => Effect.fail(new StoreError({ operation: "load account", detail: error.message })),
+        UnknownEncryptionKey: (error) => Effect.fail(new StoreError({ operation: "load account", detail: error.message }))
+      })
+    )
+
+  /** Stops keeping an account in this instance: its pool place, schedules and renewals. */
+  const forget = (actor: Actor) =>
+    Effect.gen(function*() {
+      yield* Effect.sync(() => actors.delete(actor.id))
+      yield* pools.remove(actor, (yield* Ref.get(actor.account)).pool)
+      yield* scheduler.cancel(actor.id)
+      yield* FiberMap.remove(background, actor.id)
+      if (actor.flight !== undefined) yield* actor.flight.interrupt
+    })
+
   /**
    * Takes up what another process sharing the database stored for the account since this one
    * last looked (a token it renewed, with a rotated credential, or an invalid mark or a clear).
@@ -268,12 +292,7 @@ export const make = Effect.gen(function*() {
    */
   const adoptStored = (actor: Actor): Effect.Effect<boolean, StoreError> =>
     lockOf(actor).withPermits(1)(Effect.gen(function*() {
-      const stored = yield* store.load(actor.id).pipe(
-        Effect.catchTags({
-          DecryptionFailed: (error) => Effect.fail(new StoreError({ operation: "load account", detail: error.message })),
-          UnknownEncryptionKey: (error) => Effect.fail(new StoreError({ operation: "load account", detail: error.message }))
-        })
-      )
+      const stored = yield* loadStored(actor.id)
       if (Option.isNone(stored)) return false
       const current = yield* Ref.get(actor.state)
       const theirs = stored.value.state
@@ -730,12 +749,33 @@ export const make = Effect.gen(function*() {
         const actor = yield* lookup(id)
         const removed = yield* Events.make({ type: "account_removed", accountId: id })
         yield* lockOf(actor).withPermits(1)(store.removeAccount(actor.id, [removed]))
-        yield* Effect.sync(() => actors.delete(id))
-        yield* pools.remove(actor, (yield* Ref.get(actor.account)).pool)
-        yield* scheduler.cancel(id)
-        yield* FiberMap.remove(background, id)
-        if (actor.flight !== undefined) yield* actor.flight.interrupt
+        yield* forget(actor)
         yield* events.publish(removed)
+      }),
+
+    reload: (id) =>
+      Effect.gen(function*() {
+        const stored = yield* loadStored(id as AccountId)
+        const actor = actors.get(id)
+        if (Option.isNone(stored)) {
+          if (actor !== undefined) yield* forget(actor)
+          return
+        }
+        const { account, state: theirs } = stored.value
+        if (actor === undefined) {
+          const added = makeActor(account, theirs, false)
+          yield* Effect.sync(() => actors.set(id, added))
+          yield* pools.sync(added)
+          return yield* scheduleNext(added)
+        }
+        yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
+          const ours = yield* Ref.get(actor.state)
+          const lastUsed = Math.max(Option.getOrElse(ours.lastUsedAt, () => 0), Option.getOrElse(theirs.lastUsedAt, () => 0))
+          yield* Ref.set(actor.state, { ...theirs, lastUsedAt: lastUsed === 0 ? Option.none() : Option.some(lastUsed) })
+          yield* Ref.set(actor.account, account)
+          yield* pools.sync(actor)
+          yield* scheduleNext(actor)
+        }))
       }),
 
     refreshAll: Effect.gen(function*() {
@@ -773,7 +813,9 @@ export const make = Effect.gen(function*() {
         Effect.asVoid,
         Effect.catchTag("AccountNotFound", () => Effect.void)
       ),
-    flushInterval: settings.flushInterval
+    flushInterval: settings.flushInterval,
+    shared: yield* SharedRotation,
+    reload: (id) => service.reload(id)
   })
 
   // --- startup (SPEC §2.6) ------------------------------------------------------------

@@ -6,8 +6,8 @@
  * response's status and headers back, so limits are tracked from real traffic. The pool is
  * implemented by the lifecycle layer, which owns the accounts.
  */
-import { Context, Schema } from "effect"
-import type { Duration, Effect, Exit, Option, Redacted } from "effect"
+import { Context, Option, Schema } from "effect"
+import type { Duration, Effect, Exit, Redacted } from "effect"
 import type { AccountNotFound, StoreError } from "./Errors.js"
 import type { Headers } from "./Source.js"
 import type { Lease, TokenInfo } from "./Token.js"
@@ -56,6 +56,20 @@ export interface PoolSummary {
   readonly invalid: number
   readonly nextResetAt: number | null
 }
+
+/**
+ * Rotation shared by several instances on one database (SPEC §9): `claim` marks the least
+ * recently used token of the pool that is usable for everyone as used at `at`, and names its
+ * account; none when no token of the pool is usable now.
+ */
+export interface SharedRotationShape {
+  readonly claim: (pool: string, at: number) => Effect.Effect<Option.Option<string>, StoreError>
+}
+
+/** The shared rotation, when the store is shared by several instances; absent, pools rotate in memory. */
+export class SharedRotation extends Context.Reference<SharedRotation>()("@tessera/core/TokenPool/SharedRotation", {
+  defaultValue: (): Option.Option<SharedRotationShape> => Option.none()
+}) {}
 
 export interface TokenPoolService {
   readonly acquire: (pool: string, options?: AcquireOptions) => Effect.Effect<Lease, AcquireError>

@@ -117,7 +117,7 @@ describe("SPEC §2.2 get", () => {
     }))
 
   it.prop(
-    "the decision: expired or missing → obtain, inside the window → refresh, else use",
+    "the decision: expired or missing → obtain, inside the window (never under the 60 s hand-out margin) → refresh, else use",
     { expiresIn: FastCheck.integer({ min: -HOUR, max: 2 * HOUR }), windowMs: FastCheck.integer({ min: 0, max: HOUR }), hasToken: FastCheck.boolean() },
     ({ expiresIn, windowMs, hasToken }) => {
       const now = 1_000_000_000
@@ -126,7 +126,7 @@ describe("SPEC §2.2 get", () => {
         : Token.emptyState
       const need = Token.need(state, now, windowMs)
       if (!hasToken || expiresIn <= 0) expect(need).toBe("obtain")
-      else if (expiresIn <= windowMs) expect(need).toBe("refresh")
+      else if (expiresIn <= Math.max(windowMs, Token.HANDOUT_MARGIN_MS)) expect(need).toBe("refresh")
       else expect(need).toBe("use")
     }
   )

@@ -6,7 +6,7 @@
  * does not become one fsync per request; changes of standing (rate-limited, invalid) are
  * committed at once with their events.
  */
-import { Clock, Duration, Effect, Option, Queue, Redacted, Ref } from "effect"
+import { Clock, Duration, Effect, Either, Option, Queue, Redacted, Ref } from "effect"
 import type { Account } from "../Account.js"
 import { AccountNotFound } from "../Errors.js"
 import type { StoreError } from "../Errors.js"
@@ -16,7 +16,7 @@ import type { DriversService } from "../Source.js"
 import * as Token from "../Token.js"
 import type { Lease, TokenInfo, TokenRecord, TokenState } from "../Token.js"
 import { NoUsableToken, PoolExhausted } from "../TokenPool.js"
-import type { AcquireError, PoolSummary, TokenPoolService } from "../TokenPool.js"
+import type { AcquireError, AcquireOptions, PoolSummary, SharedRotationShape, TokenPoolService } from "../TokenPool.js"
 import type { TokenStoreService } from "../TokenStore.js"
 import { PoolIndex } from "./poolIndex.js"
 import type { Standing } from "./poolIndex.js"
@@ -47,6 +47,10 @@ export interface Deps<A extends PoolActor> {
   /** SPEC §2.9 for a 401 seen in the pool. */
   readonly unauthorized: (actor: A, reason: string, token: Redacted.Redacted<string>) => Effect.Effect<void, StoreError>
   readonly flushInterval: Duration.Duration
+  /** Rotation shared with other instances through the database, if any. */
+  readonly shared: Option.Option<SharedRotationShape>
+  /** Takes up the stored state of an account that another instance changed. */
+  readonly reload: (id: string) => Effect.Effect<void, StoreError>
 }
 
 export const standingOf = (state: TokenState, at: number): Standing => {
@@ -227,7 +231,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
      * The hot path: one clock read and one actor read, then plain synchronous work; a wait
      * for a reset is the only effect in the loop.
      */
-    const acquire: TokenPoolService["acquire"] = (pool, options = {}) =>
+    const acquireLocal = (pool: string, options: AcquireOptions): Effect.Effect<Lease, AcquireError> =>
       Effect.flatMap(Events.CurrentActor, (who) =>
         Effect.clockWith((clock) => {
           const started = clock.unsafeCurrentTimeMillis()
@@ -250,6 +254,51 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
           }
           return attempt()
         }))
+
+    /**
+     * Rotation through the database, for instances sharing it: the least recently used token
+     * that no instance has seen limited or invalid. The token itself comes from this instance's
+     * memory, which events from the others keep current; one it has not caught up with yet is
+     * read from the store. If the database cannot answer, the pool rotates in memory meanwhile.
+     */
+    const acquireShared = (rotation: SharedRotationShape, pool: string, options: AcquireOptions) =>
+      Effect.gen(function*() {
+        const who = yield* Events.CurrentActor
+        const started = yield* Clock.currentTimeMillis
+        const deadline = options.wait === undefined ? started : started + Duration.toMillis(Duration.decode(options.wait))
+        for (;;) {
+          const at = yield* Clock.currentTimeMillis
+          const claimed = yield* Effect.either(rotation.claim(pool, at))
+          if (Either.isLeft(claimed)) {
+            yield* Effect.logWarning(`shared rotation unavailable, rotating in memory: ${claimed.left.message}`)
+            return yield* acquireLocal(pool, options)
+          }
+          if (Option.isSome(claimed.right)) {
+            const id = claimed.right.value
+            let entry = indexes.get(pool)?.get(id)?.value
+            if (entry?.record === undefined || !Token.servable(entry.record, at)) {
+              yield* deps.reload(id).pipe(Effect.ignore)
+              entry = indexes.get(pool)?.get(id)?.value
+            }
+            if (entry?.record !== undefined && Token.servable(entry.record, at)) {
+              countAcquire(who, entry.actor, at)
+              signal()
+              return lease(entry, entry.record)
+            }
+            continue
+          }
+          const index = indexes.get(pool)
+          if (index === undefined || index.size === 0) return yield* noMembers(pool)
+          // Another instance may have seen a limit this one has not heard of yet: look again shortly.
+          const retryAt = index.earliestReset() ?? (index.countAvailable(at) > 0 ? at + 1_000 : undefined)
+          if (retryAt === undefined) return yield* noMembers(pool)
+          if (retryAt > deadline) return yield* new PoolExhausted({ pool, retryAt })
+          yield* Effect.sleep(Math.max(0, retryAt - at))
+        }
+      })
+
+    const acquire: TokenPoolService["acquire"] = (pool, options = {}) =>
+      Option.isSome(deps.shared) ? acquireShared(deps.shared.value, pool, options) : acquireLocal(pool, options)
 
     const report: TokenPoolService["report"] = (pool, input) =>
       Effect.gen(function*() {
