@@ -5,6 +5,7 @@
  * a consumer's own connection, and a TCP proxy in front of Redis that a test can stall, close
  * and reopen to make an outage without touching the real server.
  */
+import { describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import type { Scope } from "effect"
 import { Redis } from "ioredis"
@@ -29,11 +30,25 @@ export const probe = async (): Promise<boolean> => {
   }
 }
 
-export const required = process.env["TESSERA_REQUIRE_SERVICES"] === "1"
+const required = process.env["TESSERA_REQUIRE_SERVICES"] === "1"
 
-export const absentMessage =
-  `no Redis answers on ${REDIS_HOST}:${REDIS_PORT}: the Redis mirror tests are skipped ` +
-  "(set TESSERA_REQUIRE_SERVICES=1 to make that a failure, as CI does)"
+/**
+ * What stands for a file's tests when there is no Redis: a skipped test saying why, or, with
+ * `TESSERA_REQUIRE_SERVICES=1`, a failing one.
+ */
+export const describeWithoutRedis = (name: string) => {
+  const absent = `no Redis answers on ${REDIS_HOST}:${REDIS_PORT}`
+  if (!required) console.warn(`${absent}: the Redis mirror tests are skipped (TESSERA_REQUIRE_SERVICES=1 makes that a failure, as in CI)`)
+  describe(name, () => {
+    if (required) {
+      it("needs Redis on 127.0.0.1:6379 (TESSERA_REQUIRE_SERVICES=1)", () => {
+        throw new Error(`${absent}, and TESSERA_REQUIRE_SERVICES=1 requires it`)
+      })
+    } else {
+      it.skip(`${absent}: skipped (TESSERA_REQUIRE_SERVICES=1 makes that a failure)`, () => {})
+    }
+  })
+}
 
 /** A consumer's connection to database `db`, emptied first; closed with the scope. */
 export const consumer = (db: number): Effect.Effect<Redis, never, Scope.Scope> =>

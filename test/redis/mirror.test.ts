@@ -71,13 +71,7 @@ const percentile = (values: ReadonlyArray<number>, p: number) => {
 const available = await Harness.probe()
 
 if (!available) {
-  console.warn(Harness.absentMessage)
-  describe("Redis mirror", () => {
-    it.skipIf(!Harness.required)("needs Redis on 127.0.0.1:6379", () => {})
-    it.runIf(Harness.required)("Redis on 127.0.0.1:6379 is required here (TESSERA_REQUIRE_SERVICES=1)", () => {
-      throw new Error(Harness.absentMessage)
-    })
-  })
+  Harness.describeWithoutRedis("Redis mirror")
 } else {
   describe("Redis mirror (database 5 of the machine's Redis)", () => {
     it.scopedLive("obtain, refresh and update write the token and its info with the configured TTL; legacy keys only for the default account", () =>
@@ -212,6 +206,23 @@ if (!available) {
             expect((yield* infoOf(redis, "token_info:acc-1"))?.["status"]).toBe("available")
           })).pipe(Effect.provide(services)))
         expect(auth.calls("token") + auth.calls("refresh")).toBe(0)
+      }), { timeout: 60_000 })
+
+    it.scopedLive("keys of a token that does not change are written again before their TTL runs out", () =>
+      Effect.gen(function*() {
+        const redis = yield* Harness.consumer(DB)
+        const auth = yield* AuthService.make()
+        const pat = "static-token-never-expires-0123456789"
+        yield* withMirror(auth.url, mirrorOptions(Harness.url(DB), { ttl: "1 second" }), (lifecycle) =>
+          Effect.gen(function*() {
+            yield* lifecycle.add(handedIn("pat-1"), { token: Redacted.make(pat) })
+            yield* until(redis, "upstox_access_token:pat-1", pat)
+            // three TTLs later, with no change in between, the key is still there (and still short-lived)
+            yield* Effect.sleep("3 seconds")
+            expect(yield* get(redis, "upstox_access_token:pat-1")).toBe(pat)
+            expect(yield* get(redis, "upstox_access_token")).toBe(pat)
+            expect(yield* ttl(redis, "upstox_access_token:pat-1")).toBeLessThanOrEqual(1)
+          }))
       }), { timeout: 60_000 })
 
     it.scopedLive("a Redis outage never holds up token operations, is logged once, and the mirror catches up when Redis is back", () =>

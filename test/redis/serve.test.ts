@@ -16,13 +16,7 @@ const ADMIN = "admin-key-for-the-redis-mirror-test-0123"
 const available = await Harness.probe()
 
 if (!available) {
-  console.warn(Harness.absentMessage)
-  describe("tessera serve with TESSERA_REDIS_URL", () => {
-    it.skipIf(!Harness.required)("needs Redis on 127.0.0.1:6379", () => {})
-    it.runIf(Harness.required)("Redis on 127.0.0.1:6379 is required here (TESSERA_REQUIRE_SERVICES=1)", () => {
-      throw new Error(Harness.absentMessage)
-    })
-  })
+  Harness.describeWithoutRedis("tessera serve with TESSERA_REDIS_URL")
 } else {
   describe("tessera serve with TESSERA_REDIS_URL", () => {
     it.scopedLive("mirrors the declared accounts' tokens, the default account under the legacy keys, and a refresh through the API", () =>

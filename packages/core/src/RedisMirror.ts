@@ -12,8 +12,9 @@
  * changed, and one background fiber writes what is current for them, in short transactions
  * with a command timeout. While Redis is unreachable the marks stay (a later change of an
  * account supersedes the pending one: only its latest state is ever written), writes are
- * retried with backoff, and the outage is logged once; when Redis is back (and at startup)
- * every account is mirrored again. Nothing connects unless the mirror's layer is used
+ * retried with backoff, and the outage is logged once; when Redis is back, at startup, and
+ * every half TTL (at most every hour, so that unchanged tokens' keys never lapse) every
+ * account is mirrored again. Nothing connects unless the mirror's layer is used
  * (`layerConfig` only when `TESSERA_REDIS_URL` is set).
  *
  * The token is read from the store, which every change is committed to before it is
@@ -73,8 +74,11 @@ const MIRRORED: ReadonlySet<Events.EventType> = new Set<Events.EventType>([
   "account_removed"
 ])
 
-/** How many accounts go into one Redis transaction. */
-const ACCOUNTS_PER_TRANSACTION = 500
+/** How many commands go into one Redis transaction (two to four per account). */
+const COMMANDS_PER_TRANSACTION = 2000
+
+/** The longest time between two writes of everything (which keeps unchanged tokens' keys alive). */
+const REWRITE_AT_LEAST_EVERY = Duration.hours(1)
 
 type Command =
   | { readonly _tag: "set"; readonly key: string; readonly value: string; readonly ttlSeconds: number }
@@ -217,7 +221,7 @@ export const layer = (options: Options): Layer.Layer<never, never, Lifecycle | T
     const execute = (commands: ReadonlyArray<Command>) =>
       Effect.tryPromise({
         try: async () => {
-          for (const chunk of chunksOf(commands, ACCOUNTS_PER_TRANSACTION * 4)) {
+          for (const chunk of chunksOf(commands, COMMANDS_PER_TRANSACTION)) {
             const transaction = client.multi()
             for (const command of chunk) {
               if (command._tag === "set") transaction.set(command.key, command.value, "EX", command.ttlSeconds)
@@ -350,6 +354,14 @@ export const layer = (options: Options): Layer.Layer<never, never, Lifecycle | T
       Effect.forkScoped
     )
     yield* Queue.offer(wake, undefined)
+
+    // Keys of tokens that do not change (a token without an expiry, one that lives longer than
+    // the TTL) are written again before they expire; this also repairs anything Redis lost.
+    const rewriteEvery = Duration.min(REWRITE_AT_LEAST_EVERY, Duration.millis(ttlSeconds * 500))
+    yield* Effect.sync(() => {
+      everything = true
+      Queue.unsafeOffer(wake, undefined)
+    }).pipe(Effect.delay(rewriteEvery), Effect.forever, Effect.forkScoped)
 
     // On shutdown, what is still pending gets one short chance to be written.
     yield* Effect.addFinalizer(() =>
