@@ -9,6 +9,7 @@
  * then published as events.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, Layer, Option, Redacted, Ref, Schedule } from "effect"
+import * as crypto from "node:crypto"
 import { Account, NewAccount, OAuth2Source, sameSource, sourceKind } from "./Account.js"
 import type { AccountId, SourceConfig } from "./Account.js"
 import {
@@ -167,7 +168,8 @@ export const make = Effect.gen(function*() {
   const flights = yield* FiberSet.make()
   const background = yield* FiberMap.make<string>()
   const upstreamPermits = yield* Effect.makeSemaphore(settings.concurrency)
-  const leases = Leases.make(store, settings.leaseTtl)
+  // One lifecycle, one holder: even two in one process (tests, tools) never share a lease.
+  const leases = Leases.make(store, settings.leaseTtl, `${settings.instanceId}/${crypto.randomBytes(3).toString("hex")}`)
   /** Every account's actor by id; changed only inside `Effect.sync`, so never seen half-updated. */
   const actors = new Map<string, Actor>()
 

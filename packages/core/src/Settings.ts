@@ -5,6 +5,8 @@
  * environment (`TESSERA_REFRESH_WINDOW`, `TESSERA_REFRESH_CRON`, `TESSERA_TIMEZONE`).
  */
 import { Config, ConfigError, Context, Cron, DateTime, Duration, Effect, Either, Layer, Option } from "effect"
+import * as crypto from "node:crypto"
+import * as os from "node:os"
 
 export interface SettingsShape {
   readonly refreshWindow: Duration.Duration
@@ -22,6 +24,11 @@ export interface SettingsShape {
    * sharing the database takes over the renewals of one that died holding them.
    */
   readonly leaseTtl: Duration.Duration
+  /**
+   * This process's name where instances share a database (the holder of a refresh lease):
+   * unique per running process; generated unless `TESSERA_INSTANCE_ID` names it.
+   */
+  readonly instanceId: string
 }
 
 export class Settings extends Context.Reference<Settings>()("@tessera/core/Settings", {
@@ -32,9 +39,13 @@ export class Settings extends Context.Reference<Settings>()("@tessera/core/Setti
     concurrency: 32,
     backgroundRetryMax: Duration.minutes(5),
     flushInterval: Duration.seconds(1),
-    leaseTtl: Duration.seconds(30)
+    leaseTtl: Duration.seconds(30),
+    instanceId: generatedInstanceId()
   })
 }) {}
+
+/** Host, process and a random part: unique among the instances of one database. */
+const generatedInstanceId = () => `${os.hostname()}-${process.pid}-${crypto.randomBytes(4).toString("hex")}`
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
 
@@ -100,7 +111,8 @@ export const settingsConfig: Effect.Effect<SettingsShape, ConfigError.ConfigErro
     ),
     backgroundRetryMax: yield* duration("TESSERA_BACKGROUND_RETRY_MAX").pipe(Config.withDefault(Duration.minutes(5))),
     flushInterval: yield* duration("TESSERA_FLUSH_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
-    leaseTtl: yield* duration("TESSERA_LEASE_TTL").pipe(Config.withDefault(Duration.seconds(30)))
+    leaseTtl: yield* duration("TESSERA_LEASE_TTL").pipe(Config.withDefault(Duration.seconds(30))),
+    instanceId: yield* Config.nonEmptyString("TESSERA_INSTANCE_ID").pipe(Config.withDefault(generatedInstanceId()))
   }
 })
 

@@ -7,7 +7,6 @@
  * again (a rotating OAuth2 server would revoke the grant if the same refresh token came twice).
  */
 import { Clock, Duration, Effect, Schedule } from "effect"
-import * as crypto from "node:crypto"
 import type { AccountId } from "../Account.js"
 import type { StoreError } from "../Errors.js"
 import type { TokenStoreService } from "../TokenStore.js"
@@ -22,8 +21,7 @@ export interface Leases {
 /** How often a waiting process looks at the lease again. */
 const POLL = Duration.millis(50)
 
-export const make = (store: TokenStoreService, ttl: Duration.Duration): Leases => {
-  const owner = crypto.randomUUID()
+export const make = (store: TokenStoreService, ttl: Duration.Duration, owner: string): Leases => {
   const ttlMs = Duration.toMillis(ttl)
 
   const take = (id: AccountId) =>
