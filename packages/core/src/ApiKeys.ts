@@ -1,6 +1,6 @@
 /**
  * API keys for the HTTP service (SPEC §4.5): named keys with scopes (`read`, `token`,
- * `admin`, where `admin` implies the others), kept in the store's SQLite database. A key is
+ * `admin`, where `admin` implies the others), kept in the store's database. A key is
  * shown once, when it is created; the database holds only its SHA-256, and a presented key is
  * compared with every active hash in constant time. Revoked keys stay listed (with the time
  * they were revoked) and never become valid again. `TESSERA_API_KEYS`
@@ -297,24 +297,36 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
 
 export const layer: Layer.Layer<ApiKeys, never, SqlClient.SqlClient | TokenStore.TokenStore> = Layer.effect(ApiKeys, make)
 
+/** The store and its keys, on whichever database `SqlClient` is. */
+const layerWithStore = layer.pipe(Layer.provideMerge(TokenStore.layer))
+
 /**
- * The store and the keys on one SQLite database file (created with its directory), in WAL
- * mode: what the service runs on.
+ * The store and the keys on `database` (a SQLite file, created with its directory, in WAL
+ * mode, or a PostgreSQL database), through one client, which is in the output too.
  */
-export const layerSqlite = (
-  filename: string
-): Layer.Layer<ApiKeys | TokenStore.TokenStore, StoreError | TokenStore.CryptoError, Crypto.Keyring> =>
-  TokenStore.onSqliteFile(filename, layer.pipe(Layer.provideMerge(TokenStore.layer)))
+export const layerOn = (
+  database: TokenStore.Database
+): Layer.Layer<ApiKeys | TokenStore.TokenStore | SqlClient.SqlClient, StoreError | TokenStore.CryptoError, Crypto.Keyring> =>
+  TokenStore.onDatabase(database, layerWithStore)
+
+/** The store and the keys on one SQLite database file (created with its directory), in WAL mode. */
+export const layerSqlite = (filename: string) => layerOn({ _tag: "sqlite", filename })
+
+/** The store and the keys on a PostgreSQL database, through one pool (its `PgClient` in the output too). */
+export const layerPg = (url: Redacted.Redacted<string>) => TokenStore.onPostgres(url, layerWithStore)
 
 /** An in-memory store with its keys: for tests. */
 export const layerMemory = layerSqlite(":memory:")
 
-/** The store and keys on `TESSERA_DB` (default `./data/tessera.db`). */
+/**
+ * The store and keys on the configured database: `TESSERA_DATABASE_URL` (PostgreSQL) if set,
+ * else `TESSERA_DB` (default `./data/tessera.db`). What the service runs on.
+ */
 export const layerConfig: Layer.Layer<
-  ApiKeys | TokenStore.TokenStore,
-  StoreError | TokenStore.CryptoError,
+  ApiKeys | TokenStore.TokenStore | SqlClient.SqlClient,
+  StoreError | TokenStore.CryptoError | ConfigError.ConfigError,
   Crypto.Keyring
-> = Layer.unwrapEffect(Effect.map(Effect.orDie(TokenStore.dbPathConfig), layerSqlite))
+> = Layer.unwrapEffect(Effect.map(TokenStore.databaseConfig, layerOn))
 
 /**
  * Parses `name:scope[+scope]:key,…`. Errors name the entry by its name or position, never

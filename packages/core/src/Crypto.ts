@@ -6,13 +6,15 @@
  * ciphertext | tag (16)`; the key id is the first 8 bytes of the key's SHA-256. The `Keyring`
  * service encrypts with its primary key and decrypts with whichever of its keys wrote the
  * blob. `layerConfig` takes the keys from `TESSERA_ENCRYPTION_KEY`, else `TESSERA_KEY_FILE`,
- * else `tessera.key` beside the database (created on first start). Key material is `Redacted`
+ * else `tessera.key` beside the SQLite database (created on first start; a PostgreSQL database
+ * that several instances share needs one of the first two). Key material is `Redacted`
  * throughout and never appears in an error or a log line.
  */
 import { FileSystem, Path } from "@effect/platform"
 import type { PlatformError } from "@effect/platform/Error"
 import { Array as Arr, Config, ConfigError, Context, Effect, Either, Encoding, Layer, Option, Redacted, Schema } from "effect"
 import * as NodeCrypto from "node:crypto"
+import * as Databases from "./internal/database.js"
 import * as KeyFile from "./internal/keyfile.js"
 
 const VERSION = 0x01
@@ -351,15 +353,36 @@ interface KeyFileLocation {
   readonly explicit: boolean
 }
 
-const keyFileLocation: Effect.Effect<KeyFileLocation, ConfigError.ConfigError, Path.Path> = Effect.gen(function*() {
+/** `TESSERA_KEY_FILE`, resolved, if set. */
+const namedKeyFile: Effect.Effect<Option.Option<string>, ConfigError.ConfigError, Path.Path> = Effect.gen(function*() {
   const path = yield* Path.Path
-  const named = yield* Config.option(Config.string("TESSERA_KEY_FILE"))
-  if (Option.isSome(named)) return { path: path.resolve(named.value), explicit: true }
-  const db = yield* Config.string("TESSERA_DB").pipe(Config.withDefault("./data/tessera.db"))
-  return { path: path.resolve(path.dirname(db), "tessera.key"), explicit: false }
+  return Option.map(yield* Config.option(Config.string("TESSERA_KEY_FILE")), (named) => path.resolve(named))
 })
 
-/** The key file used when `TESSERA_ENCRYPTION_KEY` is not set: `TESSERA_KEY_FILE`, else `tessera.key` beside `TESSERA_DB`. */
+/**
+ * Every instance sharing a PostgreSQL database must use the same key, and there is no
+ * directory beside the database to keep one in: the key has to be given.
+ */
+const noKeyForPostgres = ConfigError.MissingData(
+  ["TESSERA_ENCRYPTION_KEY"],
+  "TESSERA_DATABASE_URL names a PostgreSQL database, which every instance shares, so no key file is " +
+    "created beside it: set TESSERA_ENCRYPTION_KEY (or TESSERA_KEY_FILE) to the key all instances use " +
+    "(make one with: openssl rand -base64 32)"
+)
+
+const keyFileLocation: Effect.Effect<KeyFileLocation, ConfigError.ConfigError, Path.Path> = Effect.gen(function*() {
+  const path = yield* Path.Path
+  const named = yield* namedKeyFile
+  if (Option.isSome(named)) return { path: named.value, explicit: true }
+  const database = yield* Databases.databaseConfig
+  if (database._tag === "postgres") return yield* Effect.fail(noKeyForPostgres)
+  return { path: path.resolve(path.dirname(database.filename), "tessera.key"), explicit: false }
+})
+
+/**
+ * The key file used when `TESSERA_ENCRYPTION_KEY` is not set: `TESSERA_KEY_FILE`, else
+ * `tessera.key` beside `TESSERA_DB` (on PostgreSQL there is none: a configuration error).
+ */
 export const keyFilePath: Effect.Effect<string, ConfigError.ConfigError, Path.Path> = Effect.map(
   keyFileLocation,
   (location) => location.path
@@ -379,7 +402,8 @@ const keysFromVariable = (value: Redacted.Redacted<string>) => {
 /**
  * The configured keys, the primary first: `TESSERA_ENCRYPTION_KEY` ("new,old,…"), else the
  * key file `TESSERA_KEY_FILE` (which must exist), else `tessera.key` beside `TESSERA_DB`
- * (created with one fresh key if absent).
+ * (created with one fresh key if absent). With PostgreSQL (`TESSERA_DATABASE_URL`) there is
+ * no default: one of the first two must be set.
  */
 export const loadKeys: Effect.Effect<
   Arr.NonEmptyReadonlyArray<EncryptionKey>,
@@ -387,13 +411,14 @@ export const loadKeys: Effect.Effect<
   FileSystem.FileSystem | Path.Path
 > = Effect.gen(function*() {
   const fromVariable = yield* Config.option(Config.redacted("TESSERA_ENCRYPTION_KEY"))
-  const location = yield* keyFileLocation
   if (Option.isSome(fromVariable)) {
-    if (location.explicit) {
-      yield* Effect.logWarning(`TESSERA_KEY_FILE (${location.path}) is ignored because TESSERA_ENCRYPTION_KEY is set`)
+    const named = yield* namedKeyFile
+    if (Option.isSome(named)) {
+      yield* Effect.logWarning(`TESSERA_KEY_FILE (${named.value}) is ignored because TESSERA_ENCRYPTION_KEY is set`)
     }
     return yield* keysFromVariable(fromVariable.value)
   }
+  const location = yield* keyFileLocation
   if (!location.explicit) return yield* readOrCreateKeyFile(location.path)
   const content = yield* readKeyFileText(location.path)
   if (Option.isNone(content)) {

@@ -1,23 +1,29 @@
 /**
  * The store: accounts, their tokens and token state, and the append-only audit log, in
- * SQLite (SPEC §4.1). Tokens and source configurations (which hold passwords, client
- * secrets and refresh tokens) are encrypted with the keyring, bound to their row. Every
- * change is written together with its audit records in one transaction that takes the
- * write lock first, so two processes sharing the file never see `SQLITE_BUSY` and an
- * acknowledged change always has its audit trail.
+ * SQLite (SPEC §4.1) or, for several instances sharing one database, PostgreSQL (SPEC §9).
+ * One implementation serves both: the statements are shared, and the few differences
+ * (SQLite's session settings, how opening is serialized, typed values in `saveUsage`, the
+ * integrity check) are a small `Dialect` record. Tokens and source configurations (which
+ * hold passwords, client secrets and refresh tokens) are encrypted with the keyring, bound
+ * to their row. Every change is written together with its audit records in one transaction
+ * that takes the write lock first (a row lock in both databases), so two processes sharing
+ * the database never see `SQLITE_BUSY` and an acknowledged change always has its audit trail.
  */
 import { Migrator, SqlClient } from "@effect/sql"
-import type { SqlError } from "@effect/sql"
+import type { SqlError, Statement } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Config, Context, Effect, Either, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted, Schedule, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import * as PgTypes from "pg-types"
 import { Account, SourceConfig } from "./Account.js"
 import type { AccountId } from "./Account.js"
 import * as Crypto from "./Crypto.js"
 import { AccountExists, StoreError } from "./Errors.js"
 import { TokenEvent } from "./Events.js"
-import { migrations } from "./internal/migrations.js"
+import * as Databases from "./internal/database.js"
+import { auditTriggers, createMetaTable, expectedTables, migrations } from "./internal/migrations.js"
 import { LastError, RateLimit } from "./Token.js"
 import type { TokenOrigin, TokenRecord, TokenState } from "./Token.js"
 
@@ -102,7 +108,11 @@ export interface TokenStoreService {
   readonly writeTransaction: <A, E, R>(
     effect: Effect.Effect<A, E, R>
   ) => Effect.Effect<A, Exclude<E, SqlError.SqlError> | StoreError, R>
-  /** SQLite's own consistency check: `["ok"]` for a sound database. */
+  /**
+   * `["ok"]` for a sound database, else what is wrong. On SQLite its own `PRAGMA
+   * integrity_check`; on PostgreSQL, which checks its own pages, that every table of the
+   * store and the audit log's append-only triggers are there.
+   */
   readonly integrityCheck: Effect.Effect<ReadonlyArray<string>, StoreError>
   /** Whether the database answers: for health checks. */
   readonly ping: Effect.Effect<void, StoreError>
@@ -229,28 +239,104 @@ const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray
   return chunks
 }
 
-/** The SQLite store. Requires a `SqlClient` for SQLite and the keyring. */
+/** What differs between SQLite and PostgreSQL, beyond the column types of the migrations. */
+interface Dialect {
+  /**
+   * Prepares the database and runs `migrate` in a transaction that holds the write lock, so
+   * that processes opening the database at the same time wait for each other.
+   */
+  readonly open: <A, E, R>(migrate: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SqlError.SqlError, R>
+  /** A value in a `VALUES` list, typed where the database would not infer the column's type. */
+  readonly typed: (value: unknown, type: "BIGINT" | "TEXT") => Statement.Fragment
+  /** `["ok"]` for a sound database, else what is wrong, one line each. */
+  readonly integrityCheck: Effect.Effect<ReadonlyArray<string>, SqlError.SqlError>
+}
+
+/**
+ * PostgreSQL's transaction-scoped advisory lock that serializes opening the database (its
+ * `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent one). Other advisory locks
+ * must use other keys.
+ */
+export const OPEN_LOCK_KEY = 0x7e55e4a
+
+const makeDialect = (sql: SqlClient.SqlClient): Dialect => {
+  // The lock row: `UPDATE meta SET value = value WHERE key = 'write_lock'` as a transaction's
+  // first statement makes it wait for every other writer (see `make`).
+  const lockRow = sql`INSERT INTO meta (key, value) VALUES ('write_lock', NULL) ON CONFLICT (key) DO NOTHING`
+  const writeLock = sql`UPDATE meta SET value = value WHERE key = 'write_lock'`
+  return sql.onDialectOrElse<Dialect, never, Dialect>({
+    pg: () => ({
+      open: (migrate) =>
+        sql.withTransaction(Effect.gen(function*() {
+          yield* sql`SELECT pg_advisory_xact_lock(${OPEN_LOCK_KEY})`
+          yield* createMetaTable(sql)
+          yield* lockRow
+          yield* writeLock
+          // The Migrator probes for its table with a statement that fails when it is missing,
+          // which would abort this transaction: it is created here first, as the Migrator would.
+          yield* sql`CREATE TABLE IF NOT EXISTS effect_sql_migrations (
+            migration_id integer primary key,
+            created_at timestamp with time zone not null default now(),
+            name text not null
+          )`
+          return yield* migrate
+        })),
+      typed: (value, type) => sql`CAST(${value} AS ${sql.literal(type)})`,
+      // PostgreSQL keeps its own pages consistent (and checksums them where enabled); there is
+      // no SQL-level equivalent of SQLite's check without extensions. What can go wrong at
+      // this level is a schema that is not the store's: a missing table, or an audit log
+      // whose append-only triggers were dropped.
+      integrityCheck: Effect.gen(function*() {
+        const tables = new Set((yield* sql<{ name: string }>`SELECT table_name AS name FROM information_schema.tables
+          WHERE table_schema = current_schema()`).map((row) => row.name))
+        const triggers = new Set((yield* sql<{ name: string }>`SELECT tgname AS name FROM pg_trigger
+          WHERE NOT tgisinternal AND tgrelid = to_regclass('audit_log')`).map((row) => row.name))
+        const problems = [
+          ...expectedTables.filter((table) => !tables.has(table)).map((table) => `table ${table} is missing`),
+          ...auditTriggers.filter((trigger) => !triggers.has(trigger)).map((trigger) =>
+            `trigger ${trigger} is missing: the audit log is not protected against changes`
+          )
+        ]
+        return problems.length === 0 ? ["ok"] : problems
+      })
+    }),
+    orElse: () => ({
+      open: (migrate) =>
+        Effect.gen(function*() {
+          yield* sql`PRAGMA busy_timeout = 15000`
+          yield* sql`PRAGMA foreign_keys = ON`
+          yield* sql`PRAGMA synchronous = FULL`
+          yield* createMetaTable(sql)
+          yield* lockRow
+          return yield* sql.withTransaction(Effect.zipRight(writeLock, migrate))
+        }),
+      typed: (value) => sql`${value}`,
+      integrityCheck: Effect.map(
+        sql<{ integrity_check: string }>`PRAGMA integrity_check`,
+        (rows) => rows.map((row) => row.integrity_check)
+      )
+    })
+  })
+}
+
+/** The store. Requires a `SqlClient` for SQLite or PostgreSQL, and the keyring. */
 export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, SqlClient.SqlClient | Crypto.Keyring> =
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const keyring = yield* Crypto.Keyring
+    const dialect = makeDialect(sql)
 
     // A read-then-write transaction must own the write lock from its first statement:
     // a deferred transaction that reads first fails with SQLITE_BUSY_SNAPSHOT when another
     // process writes in between, and no busy timeout helps. The client always says plain
     // BEGIN, so the first statement is a write to a lock row: `BEGIN IMMEDIATE` semantics.
+    // On PostgreSQL the same statement takes the row's lock until the transaction ends, so
+    // read-then-write transactions of every instance run one at a time there too.
     const writeLock = sql`UPDATE meta SET value = value WHERE key = 'write_lock'`
     const immediate = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       sql.withTransaction(Effect.zipRight(writeLock, effect))
 
-    yield* sql`PRAGMA busy_timeout = 15000`.pipe(Effect.mapError(storeError("open")))
-    yield* sql`PRAGMA foreign_keys = ON`.pipe(Effect.mapError(storeError("open")))
-    yield* sql`PRAGMA synchronous = FULL`.pipe(Effect.mapError(storeError("open")))
-    yield* sql`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)`.pipe(
-      Effect.zipRight(sql`INSERT INTO meta (key, value) VALUES ('write_lock', 0) ON CONFLICT (key) DO NOTHING`),
-      Effect.mapError(storeError("open"))
-    )
-    yield* immediate(Migrator.make({})({ loader: Migrator.fromRecord(migrations) })).pipe(
+    yield* dialect.open(Migrator.make({})({ loader: Migrator.fromRecord(migrations) })).pipe(
       Effect.mapError((error) =>
         error._tag === "SqlError" ? storeError("migrate")(error) : new StoreError({ operation: "migrate", detail: error.message })
       )
@@ -309,11 +395,11 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
         return Effect.succeed(out)
       })
 
-    const selectAccounts = `SELECT a.account_id, a.provider, a.pool, a.source_enc, a.label, a.created_at,
+    const selectAccounts = sql.literal(`SELECT a.account_id, a.provider, a.pool, a.source_enc, a.label, a.created_at,
       t.token_enc, t.expires_at, t.issued_at, t.origin, t.invalid_reason, t.invalid_at,
       t.last_error_code, t.last_error_message, t.last_error_at, t.last_refreshed_at, t.last_used_at,
       t.username, t.rl_limit, t.rl_remaining, t.rl_reset_at, t.rl_resource, t.rl_limited
-      FROM accounts a LEFT JOIN token_state t ON t.account_id = a.account_id`
+      FROM accounts a LEFT JOIN token_state t ON t.account_id = a.account_id`)
 
     const encryptToken = (id: string, state: TokenState) =>
       Option.match(state.token, {
@@ -338,12 +424,12 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
     const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
     const service: TokenStoreService = {
-      loadAll: sql.unsafe<AccountRow>(selectAccounts).pipe(
+      loadAll: sql<AccountRow>`${selectAccounts}`.pipe(
         Effect.mapError(storeError("load accounts")),
         Effect.flatMap(decodeRows)
       ),
       load: (id) =>
-        sql.unsafe<AccountRow>(`${selectAccounts} WHERE a.account_id = ?`, [id]).pipe(
+        sql<AccountRow>`${selectAccounts} WHERE a.account_id = ${id}`.pipe(
           Effect.mapError(storeError("load account")),
           Effect.flatMap((rows) =>
             rows.length === 0 ? Effect.succeedNone : Effect.map(decodeRows(rows), (decoded) => Option.some(decoded[0]!))
@@ -434,7 +520,10 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
           for (const chunk of chunksOf(usage, CHUNK)) {
             const rows = chunk.map(({ id, state }) => {
               const columns = stateColumns(state)
-              return sql`(${id}, ${columns.last_used_at}, ${columns.rl_limit}, ${columns.rl_remaining}, ${columns.rl_reset_at}, ${columns.rl_resource}, ${columns.rl_limited})`
+              const { typed } = dialect
+              return sql`(${typed(id, "TEXT")}, ${typed(columns.last_used_at, "BIGINT")}, ${typed(columns.rl_limit, "BIGINT")},
+                ${typed(columns.rl_remaining, "BIGINT")}, ${typed(columns.rl_reset_at, "BIGINT")}, ${typed(columns.rl_resource, "TEXT")},
+                ${typed(columns.rl_limited, "BIGINT")})`
             })
             // accounts removed meanwhile simply match no row
             yield* sql`UPDATE token_state SET last_used_at = v.column2, rl_limit = v.column3, rl_remaining = v.column4,
@@ -516,10 +605,7 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             isSqlError(error) ? storeError("transaction")(error) : error as Exclude<E, SqlError.SqlError>
           )
         ),
-      integrityCheck: sql<{ integrity_check: string }>`PRAGMA integrity_check`.pipe(
-        Effect.map((rows) => rows.map((row) => row.integrity_check)),
-        Effect.mapError(storeError("integrity check"))
-      ),
+      integrityCheck: dialect.integrityCheck.pipe(Effect.mapError(storeError("integrity check"))),
       ping: sql`SELECT 1`.pipe(Effect.asVoid, Effect.mapError(storeError("ping")))
     }
     return service
@@ -528,49 +614,145 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
 export const layer: Layer.Layer<TokenStore, StoreError | CryptoError, SqlClient.SqlClient | Crypto.Keyring> = Layer
   .effect(TokenStore, make)
 
+/** Which database the store lives in: a SQLite file, or a PostgreSQL database several instances share. */
+export type Database = Databases.Database
+
+/** `TESSERA_DATABASE_URL` (a `postgres://` or `postgresql://` URL) if set, else the SQLite file `TESSERA_DB`. */
+export const databaseConfig: Config.Config<Database> = Databases.databaseConfig
+
+/** The database file from `TESSERA_DB` (default `./data/tessera.db`). */
+export const dbPathConfig: Config.Config<string> = Databases.dbPathConfig
+
+/** The database as logs and messages may show it: never a PostgreSQL password. */
+export const describeDatabase: (database: Database) => string = Databases.describe
+
+type OpenError<E> = StoreError | Exclude<E, { readonly _tag: "SqlError" | "ConfigError" }>
+
 /**
- * Opens `layers` (the store, and whatever else keeps tables in the same database) on one
- * SQLite file, created with its directory, in WAL mode; a failure to open is a `StoreError`.
+ * `layers` with `client` provided and kept in the output, for whoever coordinates through the
+ * same database; a failure to open, or any `SqlError` while building, is a `StoreError`.
  */
-export const onSqliteFile = <A, E extends { readonly _tag: string }, R>(
-  filename: string,
+const openedWith = <A, E extends { readonly _tag: string }, R, C>(
+  database: Database,
+  client: Layer.Layer<C, { readonly _tag: string }>,
   layers: Layer.Layer<A, E, R>
-): Layer.Layer<A, StoreError | Exclude<E, { readonly _tag: "SqlError" | "ConfigError" }>, Exclude<R, SqlClient.SqlClient>> =>
+): Layer.Layer<A | C, OpenError<E>, Exclude<R, C>> =>
   layers.pipe(
-    Layer.provide(
-      Layer.unwrapEffect(
-        Effect.sync(() => {
-          if (filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(filename)), { recursive: true })
-          return SqliteClient.layer({ filename })
-        })
-      )
-    ),
+    Layer.provideMerge(client),
     Layer.catchAll((error: { readonly _tag: string }) =>
       Layer.fail(
         error._tag === "SqlError" || error._tag === "ConfigError"
-          ? new StoreError({ operation: "open", detail: String(error) })
+          ? new StoreError({ operation: "open", detail: Databases.scrub(database, openFailure(database, error)) })
           : error as Exclude<E, { readonly _tag: "SqlError" | "ConfigError" }>
       )
     )
   )
 
-/** SQLite on a file (created with its directory), in WAL mode. */
-export const layerSqlite = (filename: string): Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> =>
-  onSqliteFile(filename, layer)
+const openFailure = (database: Database, error: { readonly _tag: string }): string => {
+  if (database._tag === "sqlite") return String(error)
+  const message = "message" in error && typeof error.message === "string" ? error.message : String(error)
+  const cause = "cause" in error && error.cause instanceof Error ? error.cause.message : ""
+  return cause === "" || cause === message ? message : `${message}: ${cause}`
+}
 
-/** An in-memory SQLite store: for tests and embedding apps that keep nothing. */
-export const layerMemory: Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> = layerSqlite(":memory:")
+/**
+ * Opens `layers` (the store, and whatever else keeps tables in the same database) on one
+ * SQLite file, created with its directory, in WAL mode; a failure to open is a `StoreError`.
+ * The `SqlClient` is in the output too.
+ */
+export const onSqliteFile = <A, E extends { readonly _tag: string }, R>(
+  filename: string,
+  layers: Layer.Layer<A, E, R>
+): Layer.Layer<A | SqlClient.SqlClient, OpenError<E>, Exclude<R, SqlClient.SqlClient>> =>
+  openedWith(
+    { _tag: "sqlite", filename },
+    Layer.unwrapEffect(
+      Effect.sync(() => {
+        if (filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(filename)), { recursive: true })
+        return SqliteClient.layer({ filename })
+      })
+    ),
+    layers
+  )
 
-/** The database file from `TESSERA_DB` (default `./data/tessera.db`). */
-export const dbPathConfig: Config.Config<string> = Config.string("TESSERA_DB").pipe(Config.withDefault("./data/tessera.db"))
+const INT8_OID = 20
 
-export const layerConfig: Layer.Layer<TokenStore, StoreError | CryptoError, Crypto.Keyring> = Layer.unwrapEffect(
-  Effect.map(Effect.orDie(dbPathConfig), layerSqlite)
+/**
+ * `pg` answers BIGINT (and `COUNT(*)`) as strings, to be exact beyond 2^53; the store's
+ * integers (epoch milliseconds, ids, counts) are far below that, so they come back as numbers.
+ */
+const pgTypes = {
+  getTypeParser: (oid: number, format?: "text" | "binary") =>
+    oid === INT8_OID && format !== "binary" ? Number : PgTypes.getTypeParser(oid, format)
+}
+
+/**
+ * Opens `layers` (the store, and whatever else keeps tables in the same database) on a
+ * PostgreSQL database through one connection pool; a failure to connect is a `StoreError`
+ * whose message never holds the URL's password. The pool's `PgClient` (and it as the
+ * `SqlClient`) is in the output too: LISTEN/NOTIFY and row locks of other services go
+ * through the same pool.
+ */
+export const onPostgres = <A, E extends { readonly _tag: string }, R>(
+  url: Redacted.Redacted<string>,
+  layers: Layer.Layer<A, E, R>
+): Layer.Layer<
+  A | SqlClient.SqlClient | PgClient.PgClient,
+  OpenError<E>,
+  Exclude<R, SqlClient.SqlClient | PgClient.PgClient>
+> =>
+  openedWith(
+    { _tag: "postgres", url },
+    PgClient.layer({ url, types: pgTypes, applicationName: "tessera", connectTimeout: "10 seconds" }),
+    layers
+  )
+
+/** Opens `layers` on `database`: `onSqliteFile` or `onPostgres`. */
+export const onDatabase = <A, E extends { readonly _tag: string }, R>(
+  database: Database,
+  layers: Layer.Layer<A, E, R>
+): Layer.Layer<A | SqlClient.SqlClient, OpenError<E>, Exclude<R, SqlClient.SqlClient | PgClient.PgClient>> =>
+  database._tag === "sqlite" ? onSqliteFile(database.filename, layers) : onPostgres(database.url, layers)
+
+/**
+ * The PostgreSQL client the store runs on, when it runs on PostgreSQL (for LISTEN/NOTIFY and
+ * row locks shared between instances); none on SQLite.
+ */
+export const postgresClient: Effect.Effect<Option.Option<PgClient.PgClient>, never, SqlClient.SqlClient> = Effect.map(
+  SqlClient.SqlClient,
+  (sql) => PgClient.TypeId in sql ? Option.some(sql as PgClient.PgClient) : Option.none()
 )
 
-/** Retries an effect that failed because the database was busy beyond the busy timeout. */
+/** SQLite on a file (created with its directory), in WAL mode. */
+export const layerSqlite = (
+  filename: string
+): Layer.Layer<TokenStore | SqlClient.SqlClient, StoreError | CryptoError, Crypto.Keyring> => onSqliteFile(filename, layer)
+
+/** An in-memory SQLite store: for tests and embedding apps that keep nothing. */
+export const layerMemory: Layer.Layer<TokenStore | SqlClient.SqlClient, StoreError | CryptoError, Crypto.Keyring> =
+  layerSqlite(":memory:")
+
+/** PostgreSQL at `url` (`postgres://user:password@host:port/database`), shared by every instance. */
+export const layerPg = (
+  url: Redacted.Redacted<string>
+): Layer.Layer<TokenStore | SqlClient.SqlClient | PgClient.PgClient, StoreError | CryptoError, Crypto.Keyring> =>
+  onPostgres(url, layer)
+
+/** The store on the configured database (see `databaseConfig`), with its `SqlClient`. */
+export const layerConfig: Layer.Layer<
+  TokenStore | SqlClient.SqlClient,
+  StoreError | CryptoError | ConfigError.ConfigError,
+  Crypto.Keyring
+> = Layer.unwrapEffect(Effect.map(databaseConfig, (database) => onDatabase(database, layer)))
+
+/**
+ * Retries an effect that failed because the database was busy beyond the busy timeout (or,
+ * on PostgreSQL, chose it as a deadlock's victim).
+ */
 export const retryBusy = <A, R>(effect: Effect.Effect<A, StoreError, R>): Effect.Effect<A, StoreError, R> =>
   Effect.retry(effect, {
     schedule: Schedule.exponential("20 millis").pipe(Schedule.intersect(Schedule.recurs(5))),
-    while: (error) => error.detail.includes("SQLITE_BUSY") || error.detail.includes("database is locked")
+    while: (error) =>
+      error.detail.includes("SQLITE_BUSY") || error.detail.includes("database is locked") ||
+      error.detail.includes("deadlock detected")
   })

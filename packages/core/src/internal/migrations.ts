@@ -1,52 +1,123 @@
 /**
- * The store's schema, as ordered migrations for the `@effect/sql` Migrator. A migration is
- * never edited once released: a change of schema is a new entry.
+ * The store's schema, as ordered migrations for the `@effect/sql` Migrator, for SQLite and
+ * PostgreSQL alike: one list, the same names, the same tables, columns, indexes and rules.
+ * Where the dialects differ the difference is spelled here once: byte columns are `BLOB` or
+ * `BYTEA`, integers (epoch milliseconds among them) `INTEGER` or `BIGINT`, generated keys
+ * `AUTOINCREMENT` or an identity column, and the append-only audit log is enforced by
+ * triggers that raise in SQLite's way or through a plpgsql function (which also refuses
+ * `TRUNCATE`, a way around row triggers that SQLite does not have). A migration is never
+ * edited once released: a change of schema is a new entry. The SQLite statements are the
+ * ones first released.
  */
 import { SqlClient } from "@effect/sql"
+import type { SqlError, Statement } from "@effect/sql"
 import { Effect } from "effect"
+
+/** The column types that differ between the dialects. */
+interface ColumnTypes {
+  readonly bytes: Statement.Fragment
+  /** A 64-bit integer: epoch milliseconds, counts, flags. */
+  readonly integer: Statement.Fragment
+  /** A generated 64-bit primary key. */
+  readonly serial: Statement.Fragment
+}
+
+const columnTypes = (sql: SqlClient.SqlClient): ColumnTypes =>
+  sql.onDialectOrElse({
+    pg: () => ({
+      bytes: sql.literal("BYTEA"),
+      integer: sql.literal("BIGINT"),
+      serial: sql.literal("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+    }),
+    orElse: () => ({
+      bytes: sql.literal("BLOB"),
+      integer: sql.literal("INTEGER"),
+      serial: sql.literal("INTEGER PRIMARY KEY AUTOINCREMENT")
+    })
+  })
+
+/**
+ * The `meta` table (key check, write-lock row): the store creates it before it runs the
+ * migrations, because the lock row serializes them.
+ */
+export const createMetaTable = (sql: SqlClient.SqlClient): Effect.Effect<void, SqlError.SqlError> =>
+  Effect.asVoid(sql`CREATE TABLE IF NOT EXISTS meta (
+      key TEXT PRIMARY KEY,
+      value ${columnTypes(sql).bytes}
+    )`)
+
+/** Triggers that refuse every change of `table`'s rows with `message`. */
+const appendOnly = (sql: SqlClient.SqlClient, table: string, message: string) =>
+  sql.onDialectOrElse({
+    pg: () =>
+      Effect.gen(function*() {
+        const refuse = `${table}_append_only`
+        yield* sql`CREATE FUNCTION ${sql(refuse)}() RETURNS trigger LANGUAGE plpgsql AS ${
+          sql.literal(`$$ BEGIN RAISE EXCEPTION '${message}'; END $$`)
+        }`
+        yield* sql`CREATE TRIGGER ${sql(`${table}_no_update`)} BEFORE UPDATE ON ${sql(table)}
+          FOR EACH ROW EXECUTE FUNCTION ${sql(refuse)}()`
+        yield* sql`CREATE TRIGGER ${sql(`${table}_no_delete`)} BEFORE DELETE ON ${sql(table)}
+          FOR EACH ROW EXECUTE FUNCTION ${sql(refuse)}()`
+        yield* sql`CREATE TRIGGER ${sql(`${table}_no_truncate`)} BEFORE TRUNCATE ON ${sql(table)}
+          FOR EACH STATEMENT EXECUTE FUNCTION ${sql(refuse)}()`
+      }),
+    orElse: () =>
+      Effect.gen(function*() {
+        yield* sql`CREATE TRIGGER ${sql.literal(`${table}_no_update`)} BEFORE UPDATE ON ${sql.literal(table)}
+      BEGIN SELECT RAISE(ABORT, ${sql.literal(`'${message}'`)}); END`
+        yield* sql`CREATE TRIGGER ${sql.literal(`${table}_no_delete`)} BEFORE DELETE ON ${sql.literal(table)}
+      BEGIN SELECT RAISE(ABORT, ${sql.literal(`'${message}'`)}); END`
+      })
+  })
+
+/**
+ * What `integrityCheck` looks for on PostgreSQL, which keeps its own pages consistent: the
+ * tables, and the triggers that keep the audit log append-only.
+ */
+export const expectedTables = ["meta", "accounts", "token_state", "audit_log", "api_keys", "refresh_leases"] as const
+export const auditTriggers = ["audit_log_no_update", "audit_log_no_delete", "audit_log_no_truncate"] as const
 
 export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>> = {
   "0001_initial": Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    yield* sql`CREATE TABLE IF NOT EXISTS meta (
-      key TEXT PRIMARY KEY,
-      value BLOB
-    )`
+    const t = columnTypes(sql)
+    yield* createMetaTable(sql)
     yield* sql`CREATE TABLE accounts (
       account_id TEXT PRIMARY KEY,
       provider TEXT NOT NULL,
       pool TEXT NOT NULL,
       source_type TEXT NOT NULL,
-      source_enc BLOB NOT NULL,
+      source_enc ${t.bytes} NOT NULL,
       label TEXT,
-      created_at INTEGER NOT NULL
+      created_at ${t.integer} NOT NULL
     )`
     yield* sql`CREATE INDEX accounts_pool ON accounts (pool)`
     yield* sql`CREATE TABLE token_state (
       account_id TEXT PRIMARY KEY REFERENCES accounts (account_id) ON DELETE CASCADE,
-      version INTEGER NOT NULL DEFAULT 0,
-      token_enc BLOB,
-      expires_at INTEGER,
-      issued_at INTEGER,
+      version ${t.integer} NOT NULL DEFAULT 0,
+      token_enc ${t.bytes},
+      expires_at ${t.integer},
+      issued_at ${t.integer},
       origin TEXT,
       invalid_reason TEXT,
-      invalid_at INTEGER,
+      invalid_at ${t.integer},
       last_error_code TEXT,
       last_error_message TEXT,
-      last_error_at INTEGER,
-      last_refreshed_at INTEGER,
-      last_used_at INTEGER,
+      last_error_at ${t.integer},
+      last_refreshed_at ${t.integer},
+      last_used_at ${t.integer},
       username TEXT,
-      rl_limit INTEGER,
-      rl_remaining INTEGER,
-      rl_reset_at INTEGER,
+      rl_limit ${t.integer},
+      rl_remaining ${t.integer},
+      rl_reset_at ${t.integer},
       rl_resource TEXT,
-      rl_limited INTEGER NOT NULL DEFAULT 0,
-      updated_at INTEGER NOT NULL
+      rl_limited ${t.integer} NOT NULL DEFAULT 0,
+      updated_at ${t.integer} NOT NULL
     )`
     yield* sql`CREATE TABLE audit_log (
-      id INTEGER PRIMARY KEY AUTOINCREMENT,
-      at INTEGER NOT NULL,
+      id ${t.serial},
+      at ${t.integer} NOT NULL,
       actor TEXT NOT NULL,
       type TEXT NOT NULL,
       account_id TEXT,
@@ -55,33 +126,32 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       data TEXT NOT NULL
     )`
     yield* sql`CREATE INDEX audit_log_account ON audit_log (account_id, id)`
-    yield* sql`CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
-      BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END`
-    yield* sql`CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
-      BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END`
+    yield* appendOnly(sql, "audit_log", "the audit log is append-only")
   }),
   "0002_api_keys": Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
+    const t = columnTypes(sql)
     // Keys are stored as their SHA-256 only; a revoked key keeps its row (and its hash, so the
     // same secret can never be registered again).
     yield* sql`CREATE TABLE api_keys (
-      id INTEGER PRIMARY KEY AUTOINCREMENT,
+      id ${t.serial},
       name TEXT NOT NULL,
       scopes TEXT NOT NULL,
-      key_hash BLOB NOT NULL UNIQUE,
-      created_at INTEGER NOT NULL,
-      revoked_at INTEGER
+      key_hash ${t.bytes} NOT NULL UNIQUE,
+      created_at ${t.integer} NOT NULL,
+      revoked_at ${t.integer}
     )`
     yield* sql`CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL`
   }),
   "0003_refresh_leases": Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
+    const t = columnTypes(sql)
     // Who renews an account's token right now, across every process sharing the database:
     // the holder named by `owner` until `expires_at` (epoch milliseconds), then anyone.
     yield* sql`CREATE TABLE refresh_leases (
       account_id TEXT PRIMARY KEY REFERENCES accounts (account_id) ON DELETE CASCADE,
       owner TEXT NOT NULL,
-      expires_at INTEGER NOT NULL
+      expires_at ${t.integer} NOT NULL
     )`
   })
 }
