@@ -1,24 +1,28 @@
 import { describe, expect, it } from "@effect/vitest"
-import { ApiKeys, Crypto } from "@tessera/core"
-import { ConfigProvider, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
-import * as fs from "node:fs"
-import * as path from "node:path"
-import { tempDir } from "./utils/tempDir.js"
+import { ApiKeys, Crypto, TokenStore } from "@tessera/core"
+import { ConfigProvider, Context, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
+import * as crypto from "node:crypto"
+import { apiKeysLayer, describeEachDatabase } from "./utils/databases.js"
+import type { TestDatabase } from "./utils/databases.js"
 
 const name = Schema.decodeSync(ApiKeys.ApiKeyName)
 const SECRET = "ci-secret-0123456789-abcdef"
 
-const keysOn = (file: string, key: Crypto.EncryptionKey) =>
-  ApiKeys.layerSqlite(file).pipe(Layer.provide(Crypto.layerKeys([key])))
-
 const withKeys = <A, E>(layer: Layer.Layer<ApiKeys.ApiKeys, unknown>, body: (keys: ApiKeys.ApiKeysService) => Effect.Effect<A, E>) =>
   Effect.scoped(Effect.flatMap(ApiKeys.ApiKeys, body).pipe(Effect.provide(layer)))
 
-const memory = ApiKeys.layerMemory.pipe(Layer.provide(Crypto.layerRandom))
+const keysOn = (db: TestDatabase, key: Crypto.EncryptionKey) => apiKeysLayer(db.database, [key])
 
-describe("ApiKeys", () => {
+describeEachDatabase("ApiKeys", (backend) => {
+  /** `body` with the keys of a fresh database. */
+  const fresh = <A, E>(body: (keys: ApiKeys.ApiKeysService) => Effect.Effect<A, E>) =>
+    Effect.scoped(Effect.gen(function*() {
+      const db = yield* backend.fresh
+      return yield* withKeys(keysOn(db, yield* Crypto.generateKey), body)
+    }))
+
   it.effect("creates a tsr_ key shown once, verifies it, and never lists the secret", () =>
-    withKeys(memory, (keys) =>
+    fresh((keys) =>
       Effect.gen(function*() {
         expect(yield* keys.hasActive).toBe(false)
         const created = yield* keys.create(name("deploy"), ["read", "token"])
@@ -39,7 +43,7 @@ describe("ApiKeys", () => {
       })))
 
   it.effect("refuses a second active key of the same name, and short or reused secrets", () =>
-    withKeys(memory, (keys) =>
+    fresh((keys) =>
       Effect.gen(function*() {
         yield* keys.create(name("ops"), ["admin"], Redacted.make(SECRET))
         const twice = yield* Effect.flip(keys.create(name("ops"), ["read"]))
@@ -53,7 +57,7 @@ describe("ApiKeys", () => {
       })))
 
   it.effect("a revoked key stops verifying, stays listed, and its secret can never come back", () =>
-    withKeys(memory, (keys) =>
+    fresh((keys) =>
       Effect.gen(function*() {
         const created = yield* keys.create(name("laptop"), ["read"])
         const revoked = yield* keys.revoke("laptop")
@@ -69,17 +73,38 @@ describe("ApiKeys", () => {
         expect(yield* keys.hasActive).toBe(true)
       })))
 
-  it.effect("admin grants every scope; read and token grant only themselves", () =>
-    Effect.sync(() => {
-      expect(ApiKeys.allows({ scopes: ["admin"] }, "token")).toBe(true)
-      expect(ApiKeys.allows({ scopes: ["admin"] }, "read")).toBe(true)
-      expect(ApiKeys.allows({ scopes: ["read"] }, "token")).toBe(false)
-      expect(ApiKeys.allows({ scopes: ["token"] }, "read")).toBe(false)
-      expect(ApiKeys.allows({ scopes: ["read", "token"] }, "admin")).toBe(false)
+  it.scoped("keys survive a restart, and the database holds their hashes only", () =>
+    Effect.gen(function*() {
+      const db = yield* backend.fresh
+      const key = yield* Crypto.generateKey
+      const created = yield* withKeys(keysOn(db, key), (keys) => keys.create(name("deploy"), ["token"]))
+      const verified = yield* withKeys(keysOn(db, key), (keys) => keys.verify(created.secret))
+      expect(Option.map(verified, (k) => k.scopes)).toEqual(Option.some(["token"]))
+      const contents = yield* db.contents
+      for (const bytes of contents) expect(bytes.includes(Redacted.value(created.secret))).toBe(false)
+      // what was read does hold the key's name and its hash
+      const digest = crypto.createHash("sha256").update(Redacted.value(created.secret)).digest()
+      expect(Buffer.concat(contents).includes(digest)).toBe(true)
+      expect(Buffer.concat(contents).includes("deploy")).toBe(true)
     }))
 
+  it.scoped("key changes are audited in the store's log, with the name and never the secret", () =>
+    Effect.gen(function*() {
+      const db = yield* backend.fresh
+      const key = yield* Crypto.generateKey
+      const created = yield* withKeys(keysOn(db, key), (keys) =>
+        Effect.zipLeft(keys.create(name("deploy"), ["token"]), keys.revoke("deploy")))
+      const log = yield* db.contents
+      for (const bytes of log) expect(bytes.includes(Redacted.value(created.secret))).toBe(false)
+      const audit = yield* Effect.scoped(Effect.flatMap(
+        Effect.map(Layer.build(keysOn(db, key)), (context) => Context.get(context, TokenStore.TokenStore)),
+        (store) => store.audit({})
+      ))
+      expect(audit.map((entry) => entry.type)).toEqual(["api_key_revoked", "api_key_created"])
+      expect(audit.every((entry) => entry.detail.includes("deploy"))).toBe(true)
+    }))
   it.effect("bootstrap is idempotent, updates scopes, replaces a changed secret and leaves revoked secrets revoked", () =>
-    withKeys(memory, (keys) =>
+    fresh((keys) =>
       Effect.gen(function*() {
         const declared: Array<ApiKeys.Declared> = [
           { name: name("ci"), scopes: ["read"], secret: Redacted.make(SECRET) },
@@ -103,17 +128,16 @@ describe("ApiKeys", () => {
         expect(again.revoked).toEqual(["ops"])
         expect(Option.isNone(yield* keys.verify(Redacted.make(`${SECRET}-ops`)))).toBe(true)
       })))
+})
 
-  it.scoped("keys survive a restart, and the database holds their hashes only", () =>
-    Effect.gen(function*() {
-      const file = path.join(yield* tempDir, "keys.db")
-      const key = yield* Crypto.generateKey
-      const created = yield* withKeys(keysOn(file, key), (keys) => keys.create(name("deploy"), ["token"]))
-      const verified = yield* withKeys(keysOn(file, key), (keys) => keys.verify(created.secret))
-      expect(Option.map(verified, (k) => k.scopes)).toEqual(Option.some(["token"]))
-      for (const f of [file, `${file}-wal`].filter(fs.existsSync)) {
-        expect(fs.readFileSync(f).includes(Redacted.value(created.secret))).toBe(false)
-      }
+describe("ApiKeys", () => {
+  it.effect("admin grants every scope; read and token grant only themselves", () =>
+    Effect.sync(() => {
+      expect(ApiKeys.allows({ scopes: ["admin"] }, "token")).toBe(true)
+      expect(ApiKeys.allows({ scopes: ["admin"] }, "read")).toBe(true)
+      expect(ApiKeys.allows({ scopes: ["read"] }, "token")).toBe(false)
+      expect(ApiKeys.allows({ scopes: ["token"] }, "read")).toBe(false)
+      expect(ApiKeys.allows({ scopes: ["read", "token"] }, "admin")).toBe(false)
     }))
 
   it.effect("TESSERA_API_KEYS is read as name:scope[+scope]:key, and a bad entry is named without its key", () =>
