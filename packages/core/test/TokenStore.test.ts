@@ -270,6 +270,41 @@ describeEachDatabase("TokenStore", (backend) => {
       expect(audit).toHaveLength(n)
     }), { timeout: 120_000 })
 
+  it.scoped("a refresh lease has one holder at a time: 50 concurrent takers, one wins; it passes on when it expires or is released", () =>
+    Effect.gen(function*() {
+      const db = yield* backend.fresh
+      const key = yield* Crypto.generateKey
+      yield* withStore(db, key, (store) =>
+        Effect.gen(function*() {
+          yield* store.addAccount(passwordAccount, fullState, [])
+          const id = passwordAccount.id
+          const taken = yield* Effect.forEach(
+            Array.from({ length: 50 }, (_, i) => `owner-${i}`),
+            (owner) => Effect.map(store.takeLease(id, { owner, now: 1000, expiresAt: 61_000 }), (won) => won ? owner : null),
+            { concurrency: "unbounded" }
+          )
+          const winners = taken.filter((owner) => owner !== null)
+          console.log(`refresh lease on ${backend.title}: 50 concurrent takers, ${winners.length} holder(s)`)
+          expect(winners).toHaveLength(1)
+          const holder = winners[0]!
+          const other = holder === "owner-0" ? "owner-1" : "owner-0"
+          // the holder extends it; nobody else gets it before it expires
+          expect(yield* store.takeLease(id, { owner: holder, now: 30_000, expiresAt: 90_000 })).toBe(true)
+          expect(yield* store.takeLease(id, { owner: other, now: 89_999, expiresAt: 150_000 })).toBe(false)
+          // someone else's release does nothing; an expired lease goes to the next taker
+          yield* store.releaseLease(id, other)
+          expect(yield* store.takeLease(id, { owner: other, now: 60_000, expiresAt: 120_000 })).toBe(false)
+          expect(yield* store.takeLease(id, { owner: other, now: 90_000, expiresAt: 150_000 })).toBe(true)
+          // released by its holder, it is free at once
+          yield* store.releaseLease(id, other)
+          expect(yield* store.takeLease(id, { owner: holder, now: 90_001, expiresAt: 150_000 })).toBe(true)
+          // and it goes with its account
+          yield* store.removeAccount(id, [])
+          yield* store.addAccount(passwordAccount, fullState, [])
+          expect(yield* store.takeLease(id, { owner: other, now: 90_002, expiresAt: 150_000 })).toBe(true)
+        }))
+    }))
+
   it.scoped("the integrity check finds a sound database sound", () =>
     Effect.gen(function*() {
       const db = yield* backend.fresh
