@@ -2,12 +2,13 @@
  * Calling upstream APIs: the retry policy of SPEC §2.5 and one way to turn an HTTP exchange
  * into a typed result. Every upstream call of every source goes through `call`, so timeouts,
  * backoff with jitter, `Retry-After` and the classification of statuses are decided in one
- * place. Error details quote only the upstream's own message fields, never request data, so
- * a credential cannot leak into an error.
+ * place. Error details quote only the upstream's own message fields, never request data, and
+ * with every credential the request carried blanked out (an upstream may quote back what it
+ * was sent), so a credential cannot leak into an error.
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
-import { Cause, Config, Context, Duration, Effect, Exit, Layer, Metric, MetricState, Option, ParseResult, Schedule, Schema } from "effect"
+import { Cause, Config, Context, Duration, Effect, Either, Encoding, Exit, Layer, Metric, MetricState, Option, ParseResult, Schedule, Schema } from "effect"
 import { isRetryable, UpstreamError } from "./Errors.js"
 
 export interface RetryPolicyShape {
@@ -139,28 +140,83 @@ export const clockOffset = (headers: Readonly<Record<string, string | undefined>
 
 const MESSAGE_FIELDS = ["error_description", "message", "detail", "error"] as const
 
-/** A short, safe excerpt of an upstream error body: only its message fields, never the raw body. */
-const upstreamMessage = (body: string): string => {
+/** The message fields of an upstream error body, if it has any. */
+const messageOf = (body: string): string | undefined => {
   try {
     const json: unknown = JSON.parse(body)
     if (typeof json === "object" && json !== null) {
       const record = json as Record<string, unknown>
       for (const field of MESSAGE_FIELDS) {
         const value = record[field]
-        if (typeof value === "string" && value.length > 0) return value.slice(0, 200)
+        if (typeof value === "string" && value.length > 0) return value
       }
       const errors = record["errors"]
-      if (Array.isArray(errors) && typeof errors[0]?.message === "string") return String(errors[0].message).slice(0, 200)
+      if (Array.isArray(errors) && typeof errors[0]?.message === "string") return String(errors[0].message)
       // Bitbucket and others nest it: {"error": {"message": "…"}}
       const nested = record["error"]
       if (typeof nested === "object" && nested !== null && typeof (nested as Record<string, unknown>)["message"] === "string") {
-        return String((nested as Record<string, unknown>)["message"]).slice(0, 200)
+        return String((nested as Record<string, unknown>)["message"])
       }
     }
   } catch {
-    // not JSON: fall through to the status alone
+    // not JSON: the status alone
   }
-  return "no details"
+  return undefined
+}
+
+/**
+ * A short, safe excerpt of an upstream error body: only its message fields, never the raw
+ * body, with `secrets` (what the request carried) blanked out before it is shortened.
+ */
+const upstreamMessage = (body: string, secrets: ReadonlyArray<string>): string => {
+  const message = messageOf(body)
+  if (message === undefined) return "no details"
+  return secrets.reduce((text, secret) => text.split(secret).join("[redacted]"), message).slice(0, 200)
+}
+
+const SECRET_FIELD = /pass|secret|token|key|assertion|code/i
+
+const formDecode = (text: string): string => {
+  try {
+    return decodeURIComponent(text.replace(/\+/g, " "))
+  } catch {
+    return text
+  }
+}
+
+/**
+ * The credentials a request carries: its `Authorization` credential (and the password of
+ * HTTP Basic), and the secret-named fields of a JSON or form body. Longest first, so a
+ * credential that contains another is blanked out whole.
+ */
+const credentialsOf = (request: HttpClientRequest.HttpClientRequest): ReadonlyArray<string> => {
+  const found: Array<string> = []
+  const authorization = request.headers["authorization"]
+  if (authorization !== undefined) {
+    const credential = authorization.replace(/^\S+\s+/, "")
+    found.push(credential)
+    if (/^basic\s/i.test(authorization)) {
+      const decoded = Either.getOrElse(Encoding.decodeBase64String(credential), () => "")
+      const password = decoded.slice(decoded.indexOf(":") + 1)
+      found.push(password, formDecode(password))
+    }
+  }
+  if (request.body._tag === "Uint8Array") {
+    const text = new TextDecoder().decode(request.body.body)
+    let fields: Array<[string, unknown]> = []
+    if (request.body.contentType.includes("json")) {
+      try {
+        const json: unknown = JSON.parse(text)
+        if (typeof json === "object" && json !== null) fields = Object.entries(json)
+      } catch {
+        // not JSON after all: nothing to look for
+      }
+    } else {
+      fields = [...new URLSearchParams(text)]
+    }
+    for (const [name, value] of fields) if (SECRET_FIELD.test(name) && typeof value === "string") found.push(value)
+  }
+  return [...new Set(found.filter((secret) => secret.length >= 4))].sort((a, b) => b.length - a.length)
 }
 
 /** Classifies a non-2xx response (SPEC §2.5: 401/408/429/5xx are special, other 4xx final). */
@@ -169,7 +225,9 @@ export const classifyStatus = (
   status: number,
   headers: Readonly<Record<string, string | undefined>>,
   body: string,
-  now: number
+  now: number,
+  /** What the request carried: blanked out of the upstream's message. */
+  secrets: ReadonlyArray<string> = []
 ): UpstreamError => {
   const retryAfterMs = Option.getOrNull(parseRetryAfter(headers["retry-after"], now))
   const kind = status === 401
@@ -181,7 +239,7 @@ export const classifyStatus = (
     : status >= 500
     ? "server"
     : "rejected"
-  return new UpstreamError({ kind, operation, status, detail: upstreamMessage(body), retryAfterMs })
+  return new UpstreamError({ kind, operation, status, detail: upstreamMessage(body, secrets), retryAfterMs })
 }
 
 /** Describes why a body did not match its schema by paths only: values may be secrets. */
@@ -222,7 +280,7 @@ export const exchange = <A, I>(
     )
     if (response.status < 200 || response.status >= 300) {
       const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
-      return yield* Effect.fail(classifyStatus(operation, response.status, response.headers, body, now))
+      return yield* Effect.fail(classifyStatus(operation, response.status, response.headers, body, now, credentialsOf(request)))
     }
     const json = yield* Effect.try({
       try: (): unknown => JSON.parse(body),
