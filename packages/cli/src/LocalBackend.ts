@@ -81,8 +81,11 @@ export const make = Effect.gen(function*() {
   const settingsOrError = yield* Effect.either(Settings.settingsConfig)
   const settings = Either.match(settingsOrError, { onLeft: Effect.fail, onRight: Effect.succeed })
   const zone = Either.match(settingsOrError, { onLeft: () => Settings.Settings.defaultValue().timeZone, onRight: (s) => s.timeZone })
-  const dbFile = yield* TokenStore.dbPathConfig
-  const dbPath = path.resolve(dbFile)
+  // TESSERA_DATABASE_URL (PostgreSQL, shown without its password) or the file TESSERA_DB
+  const configured = yield* TokenStore.databaseConfig
+  const dbFile = configured._tag === "sqlite" ? configured.filename : TokenStore.describeDatabase(configured)
+  const dbPath = configured._tag === "sqlite" ? path.resolve(configured.filename) : dbFile
+  const database: TokenStore.Database = configured._tag === "sqlite" ? { _tag: "sqlite", filename: dbPath } : configured
 
   // --- what the store holds, as the API shows it ---------------------------------------
 
@@ -126,14 +129,15 @@ export const make = Effect.gen(function*() {
     }
   })
 
-  const requireDatabase = Effect.flatMap(
+  // a PostgreSQL database is the server's to create; whether it answers shows when it opens
+  const requireDatabase = database._tag === "postgres" ? Effect.void : Effect.flatMap(
     fs.exists(dbPath),
     (exists) => exists ? Effect.void : Effect.fail(new NoDatabase({ path: dbFile }))
   )
 
-  /** The store and the API keys on the database file. */
+  /** The store and the API keys on the database. */
   const storeLayer = (keyring: Layer.Layer<Crypto.Keyring, BackendError, FileSystem.FileSystem | Path.Path>) =>
-    ApiKeys.layerSqlite(dbPath).pipe(Layer.provide(keyring))
+    ApiKeys.layerOn(database).pipe(Layer.provide(keyring))
 
   /**
    * Runs `use` with the store (and the API keys) open. Only commands that register something
@@ -547,6 +551,7 @@ export const make = Effect.gen(function*() {
 
     doctor: Doctor.run({
       settings,
+      kind: database._tag,
       dbFile,
       dbPath,
       keyFromEnvironment,

@@ -22,7 +22,8 @@ export const AppLayer: Layer.Layer<
 
 export const run: Effect.Effect<never, StartupError, FileSystem.FileSystem | Path.Path> = Effect.gen(function*() {
   const lifecycle = yield* Lifecycle.Lifecycle
-  const db = yield* TokenStore.dbPathConfig
+  // never the PostgreSQL URL itself: it may hold a password
+  const db = TokenStore.describeDatabase(yield* TokenStore.databaseConfig)
   const accounts = yield* lifecycle.accounts
   yield* Effect.logInfo(`tessera is running on ${db} with ${accounts.length} account(s); stop it with Ctrl-C`)
   yield* lifecycle.awaitStartup

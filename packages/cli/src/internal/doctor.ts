@@ -39,7 +39,9 @@ const REACHABILITY_TIMEOUT = Duration.seconds(5)
 
 export interface Installation {
   readonly settings: Effect.Effect<Settings.SettingsShape, ConfigError.ConfigError>
-  /** The database file as configured, and resolved. */
+  /** A SQLite file, or a PostgreSQL database (`TESSERA_DATABASE_URL`), which has no file to look for. */
+  readonly kind: "sqlite" | "postgres"
+  /** The database file as configured, and resolved (for PostgreSQL: its URL without the password). */
   readonly dbFile: string
   readonly dbPath: string
   readonly keyFromEnvironment: Effect.Effect<Option.Option<Redacted.Redacted<string>>, ConfigError.ConfigError>
@@ -98,7 +100,7 @@ export const run = (installation: Installation): Effect.Effect<DoctorView, never
     })
 
     // --- the key
-    const exists = yield* Effect.orElseSucceed(fs.exists(installation.dbPath), () => false)
+    const exists = installation.kind === "postgres" || (yield* Effect.orElseSucceed(fs.exists(installation.dbPath), () => false))
     if (!exists) yield* add("database", "fail", new NoDatabase({ path: installation.dbFile }).message)
     const fromEnvironment = yield* Effect.either(installation.keyFromEnvironment)
     if (Either.isRight(fromEnvironment) && Option.isSome(fromEnvironment.right)) {
@@ -144,11 +146,13 @@ export const run = (installation: Installation): Effect.Effect<DoctorView, never
         const error = opened.left
         const keyProblem = error._tag === "DecryptionFailed" || error._tag === "UnknownEncryptionKey" ||
           error._tag === "InvalidEncryptionKey" || error._tag === "KeyFileMissing"
-        yield* add(keyProblem ? "key opens the database" : "database", "fail", describeError(error))
+        const where = installation.kind === "postgres" && !keyProblem ? `PostgreSQL ${installation.dbFile}: ` : ""
+        yield* add(keyProblem ? "key opens the database" : "database", "fail", `${where}${describeError(error)}`)
       } else {
         stored = opened.right.all
         const tokens = stored.filter((entry) => Option.isSome(entry.state.token)).length
-        yield* add("database", "ok", `${installation.dbFile}: opens, ${stored.length} account(s) and ${tokens} token(s) read and decrypted`)
+        const where = installation.kind === "postgres" ? `PostgreSQL ${installation.dbFile} answers and` : `${installation.dbFile}:`
+        yield* add("database", "ok", `${where} opens, ${stored.length} account(s) and ${tokens} token(s) read and decrypted`)
         const usage = [...opened.right.usage].filter(([, count]) => count > 0)
         const total = usage.reduce((sum, [, count]) => sum + count, 0)
         yield* add(
