@@ -20,12 +20,16 @@ import { Amp, AuthService, GitHub, OAuth2, Upstox } from "../fakes/index.js"
 import { tempDir, waitUntil } from "../lifecycle/harness.js"
 
 const N = 5
-const secret = (label: string) => `${label}-${crypto.randomBytes(16).toString("hex")}`
+/** How often usage and acquire records are written (the default). */
+const FLUSH = "1s"
+const FLUSH_MS = 1000
+const hex = (bytes: number) => crypto.randomBytes(bytes).toString("hex")
+const secret = (label: string) => `${label}-${hex(16)}`
 const KEYS = { admin: secret("audit-admin"), reader: secret("audit-reader"), tokens: secret("audit-tokens") }
 const UNKNOWN_KEY = secret("audit-unknown")
 const AMP_PASSWORD = secret("audit-amp-password")
 const OAUTH_CLIENT_SECRET = secret("audit-client-secret")
-const GH_TOKENS = Array.from({ length: 3 }, () => `ghp_${crypto.randomBytes(16).toString("hex")}`)
+const GH_TOKENS = Array.from({ length: 3 }, () => `ghp_${hex(16)}`)
 const base64Key = () => crypto.randomBytes(32).toString("base64")
 /** The token of a static account from GITHUB_TOKENS (its id is `github-` and 10 hex digits of the token's SHA-256). */
 const tokenOf = (id: string) =>
@@ -79,7 +83,8 @@ const start = (env: Record<string, string>, available: number) =>
       API_RETRY_BASE_DELAY_MS: "20",
       API_RETRY_MAX_DELAY_MS: "100",
       API_REQUEST_TIMEOUT_MS: "2000",
-      TESSERA_FLUSH_INTERVAL: "50ms",
+      // usage and acquire records are flushed at the default interval
+      TESSERA_FLUSH_INTERVAL: FLUSH,
       TESSERA_BACKGROUND_RETRY_MAX: "500ms",
       ...env
     })
@@ -97,7 +102,9 @@ const start = (env: Record<string, string>, available: number) =>
   })
 
 describe("audit log", () => {
-  it.scopedLive(`one record per token operation (${N} of each), with the key's name; an unwritable log fails writes with 503 and changes nothing`, () =>
+  const title = `one record per token operation (${N} of each), with the key's name; ` +
+    "an unwritable log fails writes with 503 and changes nothing"
+  it.scopedLive(title, () =>
     Effect.gen(function*() {
       const amp = yield* Amp.make({ users: { trader: AMP_PASSWORD } })
       const auth = yield* AuthService.make({ accounts: ["acc-1", "acc-2"] })
@@ -130,6 +137,11 @@ describe("audit log", () => {
         readonly outcome: "success" | "failure" | "denied"
       }
       const table: Array<{ operation: string; performed: number; records: number; matching: number; wrong: number }> = []
+      /** A line of the printed table: the records of one operation, and how many are right. */
+      const tabulate = (operation: string, performed: number, rows: ReadonlyArray<AuditRow>, right: (row: AuditRow, i: number) => boolean) => {
+        const matching = rows.filter(right).length
+        table.push({ operation, performed, records: rows.length, matching, wrong: rows.length - matching })
+      }
 
       /**
        * Performs `operation` N times and checks the records written meanwhile: for each
@@ -149,16 +161,12 @@ describe("audit log", () => {
           for (const want of expected) {
             const accountOf = (i: number) => typeof want.account === "function" ? want.account(i) : want.account
             const ofType = rows.filter((row) => row.type === want.type)
-            const matching = ofType.filter((row, i) =>
-              row.actor === want.actor && row.account_id === accountOf(i) && row.outcome === want.outcome
+            tabulate(
+              `${operation}: ${want.type} (${want.outcome}) by ${want.actor}`,
+              times,
+              ofType,
+              (row, i) => row.actor === want.actor && row.account_id === accountOf(i) && row.outcome === want.outcome
             )
-            table.push({
-              operation: `${operation}: ${want.type} (${want.outcome}) by ${want.actor}`,
-              performed: times,
-              records: ofType.length,
-              matching: matching.length,
-              wrong: ofType.length - matching.length
-            })
             expect(ofType.map((row) => [row.actor, row.account_id, row.outcome]), `${operation}: ${want.type}`).toEqual(
               Array.from({ length: times }, (_, i) => [want.actor, accountOf(i), want.outcome])
             )
@@ -186,13 +194,13 @@ describe("audit log", () => {
       ])
       yield* measure("update, accepted upstream", () =>
         Effect.gen(function*() {
-          const token = `ups_manual_${crypto.randomBytes(12).toString("hex")}`
+          const token = `ups_manual_${hex(12)}`
           upstox.allow(token)
           yield* ok(yield* req("POST", "/accounts/acc-2/token/update", KEYS.admin, { access_token: token }))
         }), [{ type: "updated", actor: "admin", account: "acc-2", outcome: "success" }])
       yield* measure("update, rejected upstream", () =>
         Effect.flatMap(
-          req("POST", "/token/update", KEYS.admin, { access_token: `ups_bogus_${crypto.randomBytes(12).toString("hex")}`, account_id: "acc-2" }),
+          req("POST", "/token/update", KEYS.admin, { access_token: `ups_bogus_${hex(12)}`, account_id: "acc-2" }),
           (a) => ok(a, 422)
         ), [{ type: "updated", actor: "admin", account: "acc-2", outcome: "failure" }])
       yield* measure("validate", () => Effect.flatMap(req("GET", "/accounts/acc-1/token/validate", KEYS.reader), (a) => ok(a)), [
@@ -203,7 +211,8 @@ describe("audit log", () => {
           const reported = yield* req("POST", "/pools/github/report", KEYS.tokens, { account_id: githubIds[0], status: 401 })
           yield* ok(reported)
           expect(reported.json.status).toBe("invalid")
-          yield* ok(yield* req("POST", `/accounts/${githubIds[0]}/token/update?validate=false`, KEYS.admin, { access_token: tokenOf(githubIds[0]!) }))
+          const again = { access_token: tokenOf(githubIds[0]!) }
+          yield* ok(yield* req("POST", `/accounts/${githubIds[0]}/token/update?validate=false`, KEYS.admin, again))
         }), [
         { type: "invalidated", actor: "tokens", account: githubIds[0]!, outcome: "failure" },
         { type: "updated", actor: "admin", account: githubIds[0]!, outcome: "success" }
@@ -215,7 +224,7 @@ describe("audit log", () => {
             provider: "github",
             pool: "extra",
             source: { type: "static" },
-            access_token: `ghp_extra_${i}_${crypto.randomBytes(8).toString("hex")}`
+            access_token: `ghp_extra_${i}_${hex(8)}`
           }
           yield* ok(yield* req("POST", "/accounts", KEYS.admin, body), 201)
           yield* ok(yield* req("DELETE", `/accounts/extra-${i}`, KEYS.admin), 204)
@@ -226,33 +235,38 @@ describe("audit log", () => {
       yield* measure("pool token add", (i) =>
         Effect.flatMap(
           req("POST", "/pools/github/tokens", KEYS.admin, {
-            access_token: `ghp_pool_${i}_${crypto.randomBytes(8).toString("hex")}`,
+            access_token: `ghp_pool_${i}_${hex(8)}`,
             account_id: `pooled-${i}`
           }),
           (a) => ok(a, 201)
         ), [{ type: "account_added", actor: "admin", account: (i) => `pooled-${i}`, outcome: "success" }])
 
-      // acquires are written in batches (one record per key and account per flush, with a count)
-      {
-        const mark = lastId()
-        const leased = new Map<string, number>()
-        for (let i = 0; i < N; i++) {
-          const lease = yield* req("POST", "/pools/github/acquire", KEYS.tokens)
-          yield* ok(lease)
-          leased.set(lease.json.account_id, (leased.get(lease.json.account_id) ?? 0) + 1)
-        }
-        const acquired = () => since(mark).filter((row) => row.type === "acquired")
-        const counted = () => acquired().reduce((sum, row) => sum + Number(JSON.parse(row.data).count ?? 0), 0)
-        yield* waitUntil(() => counted() >= N, 10_000).pipe(Effect.ignore)
-        yield* sleep(200)
-        const rows = acquired()
-        const byAccount = new Map<string, number>()
-        for (const row of rows) byAccount.set(row.account_id!, (byAccount.get(row.account_id!) ?? 0) + Number(JSON.parse(row.data).count))
-        table.push({ operation: `acquire: acquired (success) by tokens, counting ${counted()}`, performed: N, records: rows.length, matching: rows.filter((r) => r.actor === "tokens" && r.outcome === "success").length, wrong: rows.filter((r) => r.actor !== "tokens" || r.outcome !== "success").length })
-        expect(counted()).toBe(N)
-        expect(byAccount).toEqual(leased)
-        expect(rows.every((row) => row.actor === "tokens" && row.outcome === "success")).toBe(true)
-      }
+      // Acquires are the hot path: their records are written in batches, one per key and account
+      // per flush with a count, so N acquires may be fewer than N records but always count N.
+      const acquires = (label: string, times: number, concurrency: number) =>
+        Effect.gen(function*() {
+          const mark = lastId()
+          const leased = new Map<string, number>()
+          yield* Effect.forEach(Array.from({ length: times }), () =>
+            Effect.gen(function*() {
+              const lease = yield* req("POST", "/pools/github/acquire", KEYS.tokens)
+              yield* ok(lease)
+              leased.set(lease.json.account_id, (leased.get(lease.json.account_id) ?? 0) + 1)
+            }), { concurrency, discard: true })
+          const rows = () => since(mark).filter((row) => row.type === "acquired")
+          const counted = () => rows().reduce((sum, row) => sum + Number(JSON.parse(row.data).count ?? 0), 0)
+          yield* waitUntil(() => counted() >= times, 10_000).pipe(Effect.ignore)
+          yield* sleep(FLUSH_MS)
+          const byAccount = new Map<string, number>()
+          for (const row of rows()) byAccount.set(row.account_id!, (byAccount.get(row.account_id!) ?? 0) + Number(JSON.parse(row.data).count))
+          tabulate(`${label}: acquired (success) by tokens, counting ${counted()}`, times, rows(), (r) => r.actor === "tokens" && r.outcome === "success")
+          expect(counted()).toBe(times)
+          expect(byAccount).toEqual(leased)
+          expect(rows().every((row) => row.actor === "tokens" && row.outcome === "success")).toBe(true)
+          expect(rows().length).toBeLessThanOrEqual(times)
+        })
+      yield* acquires("acquire, one at a time", N, 1)
+      yield* acquires("acquire, 40 at once", 40, 40)
 
       // denied requests: 401 without a key or with an unknown one, 403 for a key without the scope.
       // An address with 10 failed authentications a minute is shut out (429), so 4 of each 401.
@@ -263,8 +277,8 @@ describe("audit log", () => {
       yield* measure("401, unknown key", () => Effect.flatMap(req("DELETE", "/accounts/acc-2/token", UNKNOWN_KEY), (a) => ok(a, 401)), [
         { type: "access_denied", actor: "anonymous", account: "acc-2", outcome: "denied" }
       ], UNAUTHENTICATED)
-      yield* measure("403, read key on an admin route", () => Effect.flatMap(req("POST", "/accounts/acc-1/token/refresh", KEYS.reader), (a) => ok(a, 403)), [
-        { type: "access_denied", actor: "reader", account: "acc-1", outcome: "denied" }
+      yield* measure("403, read key on an admin route", () => Effect.flatMap(req("POST", "/refresh-token", KEYS.reader), (a) => ok(a, 403)), [
+        { type: "access_denied", actor: "reader", account: null, outcome: "denied" }
       ])
       yield* measure("403, token key on /audit", () => Effect.flatMap(req("GET", "/audit", KEYS.tokens), (a) => ok(a, 403)), [
         { type: "access_denied", actor: "tokens", account: null, outcome: "denied" }
@@ -274,7 +288,7 @@ describe("audit log", () => {
 
       // the account to obtain for has no token; usage writes have settled
       yield* ok(yield* req("DELETE", "/accounts/amp/token", KEYS.admin))
-      yield* sleep(300)
+      yield* sleep(FLUSH_MS + 300)
       const state = () => ({
         accounts: dump(db, "accounts", "account_id"),
         tokens: dump(db, "token_state", "account_id"),
@@ -282,24 +296,46 @@ describe("audit log", () => {
         audit: lastId()
       })
       const memory = () => Effect.map(req("GET", "/accounts", KEYS.admin), (answer) => shown(answer.json))
-      const upstoxToken = `ups_outage_${crypto.randomBytes(12).toString("hex")}`
+      const upstoxToken = `ups_outage_${hex(12)}`
       upstox.allow(upstoxToken)
-      const writes: ReadonlyArray<{ readonly name: string; readonly method: string; readonly path: string; readonly key: string; readonly body?: unknown; readonly after: number }> = [
-        { name: "update", method: "POST", path: "/accounts/acc-2/token/update", key: KEYS.admin, body: { access_token: upstoxToken }, after: 200 },
-        { name: "update of the default account", method: "POST", path: "/token/update", key: KEYS.admin, body: { access_token: upstoxToken }, after: 200 },
-        { name: "update rejected upstream", method: "POST", path: "/accounts/acc-2/token/update", key: KEYS.admin, body: { access_token: "ups_not_known_upstream_0000" }, after: 422 },
-        { name: "update without validation", method: "POST", path: `/accounts/${githubIds[1]}/token/update?validate=false`, key: KEYS.admin, body: { access_token: GH_TOKENS[2] }, after: 200 },
-        { name: "refresh", method: "POST", path: "/accounts/acc-1/token/refresh", key: KEYS.admin, after: 200 },
-        { name: "refresh of the default account", method: "POST", path: "/refresh-token", key: KEYS.admin, after: 200 },
-        { name: "obtain (get a token the account does not have)", method: "GET", path: "/accounts/amp/token", key: KEYS.tokens, after: 200 },
-        { name: "validate (records its result)", method: "GET", path: "/accounts/acc-1/token/validate", key: KEYS.reader, after: 200 },
-        { name: "clear", method: "DELETE", path: "/accounts/acc-1/token", key: KEYS.admin, after: 200 },
-        { name: "account add", method: "POST", path: "/accounts", key: KEYS.admin, body: { account_id: "outage-static", provider: "github", pool: "extra", source: { type: "static" }, access_token: "ghp_outage_static_000000000" }, after: 201 },
-        { name: "account add (remote)", method: "POST", path: "/accounts", key: KEYS.admin, body: { account_id: "outage-remote", provider: "upstox", source: { type: "remote" } }, after: 201 },
-        { name: "account remove", method: "DELETE", path: "/accounts/pooled-0", key: KEYS.admin, after: 204 },
-        { name: "pool token add", method: "POST", path: "/pools/github/tokens", key: KEYS.admin, body: { access_token: "ghp_outage_pool_0000000000", account_id: "outage-pooled" }, after: 201 },
-        { name: "report: rate-limited (changes standing)", method: "POST", path: "/pools/github/report", key: KEYS.tokens, body: { account_id: githubIds[2], status: 429, headers: { "retry-after": "3600" } }, after: 200 },
-        { name: "report: 401 (invalidates a static token)", method: "POST", path: "/pools/github/report", key: KEYS.tokens, body: { account_id: "pooled-1", status: 401 }, after: 200 }
+      interface Write {
+        readonly name: string
+        readonly method: string
+        readonly path: string
+        readonly key: string
+        readonly body?: unknown
+        /** The status it answers once the log is back. */
+        readonly after: number
+      }
+      const write = (name: string, method: string, path: string, key: string, after: number, body?: unknown): Write => ({
+        name,
+        method,
+        path,
+        key,
+        after,
+        ...(body === undefined ? {} : { body })
+      })
+      const staticAccount = (id: string, token: string) => ({ account_id: id, provider: "github", pool: "extra", source: { type: "static" }, access_token: token })
+      const writes: ReadonlyArray<Write> = [
+        write("update", "POST", "/accounts/acc-2/token/update", KEYS.admin, 200, { access_token: upstoxToken }),
+        write("update of the default account", "POST", "/token/update", KEYS.admin, 200, { access_token: upstoxToken }),
+        write("update rejected upstream", "POST", "/accounts/acc-2/token/update", KEYS.admin, 422, { access_token: "ups_not_known_upstream_0000" }),
+        write("update without validation", "POST", `/accounts/${githubIds[1]}/token/update?validate=false`, KEYS.admin, 200, { access_token: GH_TOKENS[2] }),
+        write("refresh", "POST", "/accounts/acc-1/token/refresh", KEYS.admin, 200),
+        write("refresh of the default account", "POST", "/refresh-token", KEYS.admin, 200),
+        write("obtain (get a token the account does not have)", "GET", "/accounts/amp/token", KEYS.tokens, 200),
+        write("validate (records its result)", "GET", "/accounts/acc-1/token/validate", KEYS.reader, 200),
+        write("clear", "DELETE", "/accounts/acc-1/token", KEYS.admin, 200),
+        write("account add", "POST", "/accounts", KEYS.admin, 201, staticAccount("outage-static", "ghp_outage_static_000000000")),
+        write("account add (remote)", "POST", "/accounts", KEYS.admin, 201, { account_id: "outage-remote", provider: "upstox", source: { type: "remote" } }),
+        write("account remove", "DELETE", "/accounts/pooled-0", KEYS.admin, 204),
+        write("pool token add", "POST", "/pools/github/tokens", KEYS.admin, 201, { access_token: "ghp_outage_pool_0000000000", account_id: "outage-pooled" }),
+        write("report: rate-limited (changes standing)", "POST", "/pools/github/report", KEYS.tokens, 200, {
+          account_id: githubIds[2],
+          status: 429,
+          headers: { "retry-after": "3600" }
+        }),
+        write("report: 401 (invalidates a static token)", "POST", "/pools/github/report", KEYS.tokens, 200, { account_id: "pooled-1", status: 401 })
       ]
 
       db.exec(OUTAGE)
@@ -325,7 +361,7 @@ describe("audit log", () => {
       const deniedDuring = yield* req("GET", "/accounts")
       expect(deniedDuring.status).toBe(401)
       expect((yield* req("GET", "/accounts/acc-2/token/status", KEYS.reader)).status).toBe(200)
-      yield* sleep(300)
+      yield* sleep(FLUSH_MS + 300)
       expect(lastId()).toBe(outageMark)
 
       db.exec(RECOVERY)
@@ -352,7 +388,12 @@ describe("audit log", () => {
         expect(rotated.code, rotated.stderr).toBe(0)
       }
       const rotations = since(rotationMark)
-      table.push({ operation: "tessera keys rotate: key_rotated (success) by cli", performed: 2, records: rotations.length, matching: rotations.filter((r) => r.type === "key_rotated" && r.actor === "cli" && r.outcome === "success" && r.account_id === null).length, wrong: rotations.filter((r) => r.type !== "key_rotated" || r.actor !== "cli").length })
+      tabulate(
+        "tessera keys rotate: key_rotated (success) by cli",
+        2,
+        rotations,
+        (r) => r.type === "key_rotated" && r.actor === "cli" && r.outcome === "success" && r.account_id === null
+      )
       expect(rotations.map((row) => [row.type, row.actor, row.account_id, row.outcome])).toEqual([
         ["key_rotated", "cli", null, "success"],
         ["key_rotated", "cli", null, "success"]
@@ -362,21 +403,29 @@ describe("audit log", () => {
       const everything = JSON.stringify(db.prepare("SELECT * FROM audit_log").all()) + JSON.stringify(entries)
       const keySecrets = [...Object.values(KEYS), UNKNOWN_KEY, encryptionKey, newer, newest]
       const keysInLog = keySecrets.filter((key) => everything.includes(key)).length
-      const actors = [...new Set((db.prepare("SELECT DISTINCT actor FROM audit_log").all() as Array<{ actor: string }>).map((r) => r.actor))].sort()
+      const actors = (db.prepare("SELECT DISTINCT actor FROM audit_log ORDER BY actor").all() as Array<{ actor: string }>).map((r) => r.actor)
       const total = (db.prepare("SELECT count(*) AS n FROM audit_log").get() as { n: number }).n
 
-      console.log(
-        `audit: ${N} of each operation, records read from the database\n` +
-          table.map((row) =>
-            `  ${row.operation.padEnd(76)} performed ${String(row.performed).padStart(2)}  records ${String(row.records).padStart(2)}  right actor/account/outcome ${String(row.matching).padStart(2)}  wrong ${row.wrong}`
-          ).join("\n") +
-          `\naudit: ${total} records, actors ${actors.join(", ")}; API or encryption keys in the log: ${keysInLog}` +
-          `\naudit: log unwritable (BEFORE INSERT trigger raising ABORT): ${outage.filter((o) => o.status === 503).length} of ${outage.length} mutating requests answered 503, ` +
-          `${outage.filter((o) => o.dbChanged).length} changed the database, ${outage.filter((o) => o.memoryChanged).length} changed what the service shows\n` +
-          outage.map((o) => `  ${o.name.padEnd(48)} ${o.status} ${o.code}  database changed: ${o.dbChanged ? "YES" : "no"}  shown state changed: ${o.memoryChanged ? "YES" : "no"}`).join("\n") +
-          `\naudit: during the outage ${outageLeases} acquires were answered 200 (records written after it: ${acquiredAfter()}), a denied request was answered ${deniedDuring.status} (not recorded: the log could not be written)` +
-          `\naudit: after the trigger was dropped: ${resumed.filter((r, i) => r.status === writes[i]!.after && r.recorded > 0).length} of ${resumed.length} requests succeeded and were recorded`
-      )
+      const yes = (changed: boolean) => (changed ? "YES" : "no")
+      const lines = [
+        `audit: ${N} of each operation, records read from the database`,
+        ...table.map((row) =>
+          `  ${row.operation.padEnd(76)} performed ${String(row.performed).padStart(2)}  records ${String(row.records).padStart(2)}  ` +
+          `right actor/account/outcome ${String(row.matching).padStart(2)}  wrong ${row.wrong}`
+        ),
+        `audit: ${total} records, actors ${actors.join(", ")}; API or encryption keys in the log: ${keysInLog}`,
+        `audit: log unwritable (BEFORE INSERT trigger raising ABORT): ${outage.filter((o) => o.status === 503).length} of ` +
+        `${outage.length} mutating requests answered 503, ${outage.filter((o) => o.dbChanged).length} changed the database, ` +
+        `${outage.filter((o) => o.memoryChanged).length} changed what the service shows`,
+        ...outage.map((o) =>
+          `  ${o.name.padEnd(48)} ${o.status} ${o.code}  database changed: ${yes(o.dbChanged)}  shown state changed: ${yes(o.memoryChanged)}`
+        ),
+        `audit: during the outage ${outageLeases} acquires were answered 200 (records written after it: ${acquiredAfter()}), ` +
+        `a denied request was answered ${deniedDuring.status} (not recorded: the log could not be written)`,
+        `audit: after the trigger was dropped: ${resumed.filter((r, i) => r.status === writes[i]!.after && r.recorded > 0).length} of ` +
+        `${resumed.length} requests succeeded and were recorded`
+      ]
+      console.log(lines.join("\n"))
       expect(keysInLog).toBe(0)
       expect(acquiredAfter()).toBe(outageLeases)
     }), { timeout: 180_000 })
@@ -394,7 +443,13 @@ describe("audit log", () => {
       const added = yield* req("POST", "/accounts", KEYS.admin, {
         account_id: "oauth",
         provider: "oauth2",
-        source: { type: "oauth2", token_url: `${oauth.url}/oauth/token`, client_id: "tessera", client_secret: OAUTH_CLIENT_SECRET, refresh_token: grant.refreshToken }
+        source: {
+          type: "oauth2",
+          token_url: `${oauth.url}/oauth/token`,
+          client_id: "tessera",
+          client_secret: OAUTH_CLIENT_SECRET,
+          refresh_token: grant.refreshToken
+        }
       })
       expect(added.status, added.text).toBe(201)
       expect(added.json.token.status).toBe("available")
