@@ -5,7 +5,9 @@
  * and API keys there (and nothing on disk: no SQLite file, no key file), restarts and
  * restores every token with 0 upstream calls, holds no plaintext secret in any row (the
  * bytea columns read back as bytes), never prints the URL's password, refuses to start
- * without a shared key, and two instances opening a fresh database at once both start.
+ * without a shared key, and two instances opening a fresh database at once both start. The
+ * local command line works on the same database, and `doctor` says which one and whether it
+ * answers.
  */
 import { SqlClient } from "@effect/sql"
 import { expect, it } from "@effect/vitest"
@@ -13,6 +15,7 @@ import { Effect } from "effect"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import * as Cli from "../cli/harness.js"
 import { Amp, AuthService, GitHub } from "../fakes/index.js"
 import { tempDir, waitUntil } from "../lifecycle/harness.js"
 import * as Postgres from "../postgres.js"
@@ -166,6 +169,49 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
       expect(run.output()).not.toContain(DB_PASSWORD)
       expect(fs.existsSync(path.join(cwd, "data"))).toBe(false)
     }), { timeout: 60_000 })
+
+  it.scopedLive("local commands, key rotation and doctor work on the PostgreSQL database", () =>
+    Effect.gen(function*() {
+      const url = withPassword(yield* Postgres.freshDatabase)
+      const github = yield* GitHub.make()
+      github.addToken(GH_TOKENS[0])
+      const oldKey = crypto.randomBytes(32).toString("base64")
+      const cli = yield* Cli.makeCli({ TESSERA_DATABASE_URL: url, TESSERA_ENCRYPTION_KEY: oldKey, GITHUB_API_URL: github.url })
+      const ok = (result: Cli.Result, args: ReadonlyArray<string>) => expect(result.code, Cli.describe(args, result)).toBe(0)
+      const add = ["pool", "add", "github", "--token", GH_TOKENS[0], "--account", "gh-one"]
+      ok(yield* cli.run(...add), add)
+      const accounts = yield* cli.json<Array<{ account_id: string; token: { status: string } }>>("accounts", "list")
+      expect(accounts.map((account) => [account.account_id, account.token.status])).toEqual([["gh-one", "available"]])
+      const created = yield* cli.json<{ key: string }>("keys", "create", "deploy", "--scope", "read")
+      expect(created.key.startsWith("tsr_")).toBe(true)
+      const checked = yield* cli.json<Array<{ valid: boolean | null }>>("pool", "check", "github")
+      expect(checked.map((check) => check.valid)).toEqual([true])
+
+      // rotation: the new key first, the old one after it; then the new key alone opens everything
+      const newKey = crypto.randomBytes(32).toString("base64")
+      const rotated = yield* Cli.run(cli.dir, { ...cli.env, TESSERA_ENCRYPTION_KEY: `${newKey},${oldKey}` }, ["keys", "rotate", "--json"])
+      ok(rotated, ["keys", "rotate"])
+      expect(JSON.parse(rotated.stdout)).toMatchObject({ key_source: "environment", rewritten: 3 })
+      const doctor = yield* Cli.run(cli.dir, { ...cli.env, TESSERA_ENCRYPTION_KEY: newKey }, ["doctor", "--json"])
+      ok(doctor, ["doctor"])
+      const checks = JSON.parse(doctor.stdout).checks as Array<{ name: string; status: string; detail: string }>
+      expect(checks.find((check) => check.name === "database")).toMatchObject({ status: "ok" })
+      expect(checks.find((check) => check.name === "database")!.detail).toMatch(
+        /^PostgreSQL postgres:\/\/postgres@127\.0\.0\.1:\d+\/tessera_test_\w+ answers and opens, 1 account\(s\) and 1 token\(s\)/
+      )
+      expect(checks.find((check) => check.name === "key opens the database")).toMatchObject({ status: "ok" })
+
+      // a server that does not answer: doctor says so, without the password
+      const down = withPassword(Postgres.url("nowhere")).replace(`:${Postgres.PORT}/`, ":1/")
+      const unreachable = yield* Cli.run(cli.dir, { ...cli.env, TESSERA_DATABASE_URL: down }, ["doctor", "--json"])
+      expect(unreachable.code).not.toBe(0)
+      const failed = (JSON.parse(unreachable.stdout).checks as Array<{ name: string; status: string; detail: string }>)
+        .find((check) => check.name === "database")!
+      expect(failed.status).toBe("fail")
+      expect(failed.detail).toContain("ECONNREFUSED")
+      for (const result of [rotated, doctor, unreachable]) expect(result.stdout + result.stderr).not.toContain(DB_PASSWORD)
+      expect(fs.existsSync(path.join(cli.dir, "data"))).toBe(false)
+    }), { timeout: 90_000 })
 
   it.scopedLive("two instances opening a fresh database at once both start and see the same accounts", () =>
     Effect.gen(function*() {
