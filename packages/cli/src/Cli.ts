@@ -157,7 +157,8 @@ const withTerminal = <Name extends string, R, E, A>(command: Command.Command<Nam
 
 const description = HelpDoc.blocks([
   HelpDoc.p(
-    "Tessera keeps API tokens alive. Commands work on the local database (TESSERA_DB, default ./data/tessera.db) " +
+    "Tessera keeps API tokens alive. Commands work on the database (TESSERA_DATABASE_URL for PostgreSQL, else the SQLite file " +
+      "TESSERA_DB, default ./data/tessera.db) " +
       "or, with --server URL, on a running tessera server. --json prints the HTTP API's JSON."
   ),
   HelpDoc.h2("Exit status"),
