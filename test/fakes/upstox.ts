@@ -21,6 +21,8 @@ export interface Options {
   /** Tokens accepted from the start. */
   readonly tokens?: Iterable<string>
   readonly profile?: Partial<Profile>
+  /** The fake's clock (epoch milliseconds); `Date.now` unless given. */
+  readonly now?: () => number
 }
 
 export interface UpstoxServer extends Server.FakeServer<Route> {
@@ -61,6 +63,7 @@ export const make = (options: Options = {}): Effect.Effect<UpstoxServer, never, 
     }
 
     const server = yield* Server.make<Route>({
+      ...(options.now === undefined ? {} : { now: options.now }),
       routes: [{ name: "profile", method: "GET", path: "/v2/user/profile", handle: getProfile }]
     })
 
