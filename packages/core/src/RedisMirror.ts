@@ -74,8 +74,8 @@ const MIRRORED: ReadonlySet<Events.EventType> = new Set<Events.EventType>([
   "account_removed"
 ])
 
-/** How many commands go into one Redis transaction (two to four per account). */
-const COMMANDS_PER_TRANSACTION = 2000
+/** How many accounts' keys go into one Redis transaction (an account's are never split). */
+const ACCOUNTS_PER_TRANSACTION = 100
 
 /** The longest time between two writes of everything (which keeps unchanged tokens' keys alive). */
 const REWRITE_AT_LEAST_EVERY = Duration.hours(1)
@@ -135,9 +135,6 @@ export class WriteFailed extends Data.TaggedError("WriteFailed")<{ readonly reas
     return this.reason
   }
 }
-
-/** Above this many changed accounts, reading them all at once is cheaper than one by one. */
-const LOAD_ALL_ABOVE = 1000
 
 const chunksOf = <A>(items: ReadonlyArray<A>, size: number): ReadonlyArray<ReadonlyArray<A>> => {
   const chunks: Array<ReadonlyArray<A>> = []
@@ -218,37 +215,26 @@ export const layer = (options: Options): Layer.Layer<never, never, Lifecycle | T
       client.status === "ready" ? Effect.void : Effect.fail(new WriteFailed({ reason: `not connected: ${lastError}` }))
     )
 
-    const execute = (commands: ReadonlyArray<Command>) =>
+    /** One transaction: all of it is written, or the write failed. */
+    const transact = (commands: ReadonlyArray<Command>) =>
       Effect.tryPromise({
         try: async () => {
-          for (const chunk of chunksOf(commands, COMMANDS_PER_TRANSACTION)) {
-            const transaction = client.multi()
-            for (const command of chunk) {
-              if (command._tag === "set") transaction.set(command.key, command.value, "EX", command.ttlSeconds)
-              else transaction.del(command.key)
-            }
-            const results = await transaction.exec()
-            const failed = results?.find(([error]) => error !== null)?.[0]
-            if (results === null || failed !== undefined) throw new Error(failed?.message ?? "transaction aborted")
+          const transaction = client.multi()
+          for (const command of commands) {
+            if (command._tag === "set") transaction.set(command.key, command.value, "EX", command.ttlSeconds)
+            else transaction.del(command.key)
           }
+          const results = await transaction.exec()
+          const failed = results?.find(([error]) => error !== null)?.[0]
+          if (results === null || failed !== undefined) throw new Error(failed?.message ?? "transaction aborted")
         },
         catch: (error) => new WriteFailed({ reason: error instanceof Error ? error.message : String(error) })
       }).pipe(
         Effect.timeoutFail({ duration: Duration.times(timeout, 2), onTimeout: () => new WriteFailed({ reason: "timed out" }) })
       )
 
-    /** The stored state of the given accounts (absent: removed), or of every account. */
-    const snapshot = (ids: ReadonlyArray<string> | "all") =>
-      ids === "all"
-        ? Effect.map(store.loadAll, (all) => new Map(all.map((entry) => [entry.account.id as string, entry])))
-        : Effect.map(
-          Effect.forEach(ids, (id) => Effect.map(store.load(id as Account.AccountId), (entry) => [id, entry] as const)),
-          (entries) => {
-            const found = new Map<string, StoredAccount>()
-            for (const [id, entry] of entries) if (Option.isSome(entry)) found.set(id, entry.value)
-            return found
-          }
-        )
+    /** The stored state of an account; absent when it has been removed. */
+    const load = (id: string) => Effect.map(store.load(id as Account.AccountId), Option.getOrUndefined)
 
     /**
      * Writes what is current for every marked account. The marks are taken first and put back
@@ -277,19 +263,19 @@ export const layer = (options: Options): Layer.Layer<never, never, Lifecycle | T
             declared
           })
           if (Option.isSome(nextDefault)) ids.add(nextDefault.value)
+          if (taken.everything) for (const account of accounts) ids.add(account.id)
         }
-        const stored = yield* snapshot(taken.everything || ids.size > LOAD_ALL_ABOVE ? "all" : [...ids])
-        if (taken.everything) for (const id of stored.keys()) ids.add(id)
-        const now = yield* Clock.currentTimeMillis
-        const context = { now, ttlSeconds, zone: settings.timeZone, tokenInfo: options.tokenInfo }
-        const commands: Array<Command> = []
-        for (const id of ids) {
-          const isDefault = Option.contains(nextDefault, id)
-          commands.push(...commandsFor(id, stored.get(id), { ...context, isDefault }))
+        // A few accounts at a time, read and written, so that even writing every account
+        // never holds up the rest of the service.
+        for (const chunk of chunksOf([...ids], ACCOUNTS_PER_TRANSACTION)) {
+          const stored = yield* Effect.forEach(chunk, load)
+          const now = yield* Clock.currentTimeMillis
+          const context = { now, ttlSeconds, zone: settings.timeZone, tokenInfo: options.tokenInfo }
+          yield* transact(chunk.flatMap((id, i) => commandsFor(id, stored[i], { ...context, isDefault: Option.contains(nextDefault, id) })))
+          yield* Effect.yieldNow()
         }
         // No default account any more (the last one was removed): nothing under the legacy keys.
-        if (Option.isNone(nextDefault)) commands.push(del(keys.legacyToken), del(keys.legacyInfo))
-        yield* execute(commands)
+        if (Option.isNone(nextDefault)) yield* transact([del(keys.legacyToken), del(keys.legacyInfo)])
         currentDefault = nextDefault
         return ids.size
       }).pipe(Effect.tapErrorCause(() => restore))
