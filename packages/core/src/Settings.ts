@@ -62,7 +62,8 @@ export const parseDuration = (text: string): Option.Option<Duration.Duration> =>
     for (const [, amount, unit] of trimmed.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d)/g)) total += Number(amount) * UNITS[unit!]!
     return Option.some(Duration.millis(total))
   }
-  return Duration.decodeUnknown(trimmed)
+  // Duration would read "-5 minutes" as zero: a negative duration is no duration.
+  return trimmed.startsWith("-") ? Option.none() : Duration.decodeUnknown(trimmed)
 }
 
 /** A `Config` for a duration in any form `parseDuration` accepts. */
