@@ -6,6 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as http from "node:http"
+import * as net from "node:net"
 import * as H from "./harness.js"
 
 interface Case {
@@ -30,7 +31,7 @@ const cases: ReadonlyArray<Case> = [
   { name: "a token of the wrong type", method: "POST", path: update, body: { access_token: 12345 }, status: 400, code: "invalid_request", says: "access_token" },
   { name: "an empty token", method: "POST", path: update, body: { access_token: "" }, status: 400, code: "invalid_request" },
   { name: "a token with spaces", method: "POST", path: `${update}?validate=false`, body: { access_token: "has spaces in it" }, status: 400, code: "invalid_token" },
-  { name: "a body as text", method: "POST", path: update, body: "access_token=x", headers: { "content-type": "text/plain" }, status: 400, code: "invalid_request" },
+  { name: "a body as text", method: "POST", path: update, body: "access_token=x", headers: { "content-type": "text/plain" }, status: 415, code: "unsupported_media_type" },
   { name: "an unknown account", method: "GET", path: "/accounts/nobody/token/status", status: 404, code: "account_not_found", says: "nobody" },
   { name: "an update of an unknown account", method: "POST", path: "/accounts/nobody/token/update?validate=false", body: token, status: 404, code: "account_not_found" },
   { name: "a raw token of an unknown account", method: "GET", path: "/accounts/nobody/token", status: 404, code: "account_not_found" },
@@ -81,6 +82,23 @@ const cases: ReadonlyArray<Case> = [
     body: { account_id: "acc-1", provider: "upstox", source: { type: "remote" } },
     status: 409,
     code: "account_exists"
+  },
+  { name: "an audit filter that cannot be an account id", method: "GET", path: "/audit?account_id=%3Cscript%3E", status: 400, code: "invalid_request", says: "account_id" },
+  { name: "a negative wait", method: "POST", path: "/pools/github/acquire?wait=-5%20seconds", status: 400, code: "invalid_request", says: "wait" },
+  // The API reads JSON only: the platform would otherwise read forms (and accept them), and hang or fail on multipart.
+  { name: "a form body", method: "POST", path: `${update}?validate=false`, body: "access_token=ups_form_token_0000", headers: { "content-type": "application/x-www-form-urlencoded" }, status: 415, code: "unsupported_media_type" },
+  { name: "JSON under another media type", method: "POST", path: `${update}?validate=false`, body: token, headers: { "content-type": "application/json-patch+json" }, status: 415, code: "unsupported_media_type" },
+  { name: "multipart without a boundary", method: "POST", path: "/accounts", body: "{}", headers: { "content-type": "multipart/form-data" }, status: 415, code: "unsupported_media_type" },
+  { name: "a multipart body cut short", method: "POST", path: "/accounts", body: "--x\r\nbroken", headers: { "content-type": "multipart/form-data; boundary=x" }, status: 415, code: "unsupported_media_type" },
+  { name: "no body, said to be multipart", method: "POST", path: update, body: "", headers: { "content-type": "multipart/form-data; boundary=x" }, status: 400, code: "invalid_request" },
+  { name: "JSON nested 30,000 deep", method: "POST", path: update, body: `${"[".repeat(30_000)}${"]".repeat(30_000)}`, status: 400, code: "invalid_request", says: "deeper" },
+  {
+    name: "a report header nested 5,000 deep",
+    method: "POST",
+    path: "/pools/github/report",
+    body: `{"account_id":"gh-1","status":200,"headers":{"x":${"{\"a\":".repeat(5000)}1${"}".repeat(5000)}}}`,
+    status: 400,
+    code: "invalid_request"
   },
   { name: "an unknown route", method: "GET", path: "/nowhere", status: 404, code: "not_found" },
   { name: "an unknown method on a route", method: "PUT", path: "/accounts", body: {}, status: 404, code: "not_found" },
@@ -133,7 +151,7 @@ describe("bad input", () => {
       expect((yield* H.call(running, "GET", "/health")).status).toBe(200)
     }))
 
-  it.scopedLive("a body over 64 KiB is 413, whether it says its length or not, and nothing changes", () =>
+  it.scopedLive("a body over 64 KiB is 413, whether it says its length or not (even at 5 MiB), and nothing changes", () =>
     Effect.gen(function*() {
       const running = yield* H.start()
       const before = yield* state(running)
@@ -148,6 +166,9 @@ describe("bad input", () => {
         expect(streamed.status).toBe(413)
         expect(JSON.parse(streamed.body).error.code).toBe("payload_too_large")
       }
+      // Far past the limit the answer goes out before the body ends, so the client sees it rather than a reset.
+      const huge = yield* chunked(running.url, "/accounts/acc-1/token/update?validate=false", running.keys.admin, 5 * 1024 * 1024)
+      expect(huge !== "reset" && huge.status).toBe(413)
       expect(yield* state(running)).toEqual(before)
       // a chunked body within the limit is read as any other
       const small = yield* chunked(running.url, "/accounts/acc-1/token/update?validate=false", running.keys.admin, 8000)
@@ -158,7 +179,17 @@ describe("bad input", () => {
     Effect.gen(function*() {
       const running = yield* H.start()
       const secret = "hunter2-super-secret-password"
+      const update = "/accounts/acc-1/token/update"
       const answers = [
+        // the whole body, an array, a string, text cut short: decoding errors never quote the input
+        yield* H.call(running, "POST", update, { key: running.keys.admin, body: [secret] }),
+        yield* H.call(running, "POST", update, { key: running.keys.admin, body: JSON.stringify(secret) }),
+        yield* H.call(running, "POST", update, { key: running.keys.admin, body: `{"access_token": "${secret}" x}` }),
+        yield* H.call(running, "POST", update, { key: running.keys.admin, body: `{"access_token": "${secret}` }),
+        yield* H.call(running, "POST", "/pools/github/report", {
+          key: running.keys.admin,
+          body: { access_token: "ghp_x", status: 200, headers: { authorization: [secret] } }
+        }),
         yield* H.call(running, "POST", "/accounts", {
           key: running.keys.admin,
           body: { account_id: "amp-9", provider: "amp", source: { type: "password", username: "u", password: [secret] } }
@@ -169,6 +200,54 @@ describe("bad input", () => {
       for (const answer of answers) {
         expect(answer.status).toBe(400)
         expect(answer.text).not.toContain(secret)
+        expect(answer.text).not.toContain("hunter2")
       }
+    }))
+
+  it.scopedLive("an error message says where the input is wrong, briefly, never with the input", () =>
+    Effect.gen(function*() {
+      const running = yield* H.start()
+      const big = yield* H.call(running, "POST", "/accounts", { key: running.keys.admin, body: Array.from({ length: 5000 }, (_, i) => `item-${i}`) })
+      expect(H.isError(big, 400, "invalid_request")).toBe(true)
+      expect(big.json.error.message).toBe("the request body must be a JSON object")
+      const fields = yield* H.call(running, "POST", "/accounts", {
+        key: running.keys.admin,
+        body: { account_id: "x y", provider: "GitHub", source: { type: "magic" }, label: 7 }
+      })
+      expect(H.isError(fields, 400, "invalid_request")).toBe(true)
+      expect(fields.json.error.message).toContain("account id must be")
+      expect(fields.json.error.message.length).toBeLessThan(1000)
+      const malformed = yield* H.call(running, "POST", "/accounts", { key: running.keys.admin, body: "{\"account_id\": nope}" })
+      expect(H.isError(malformed, 400, "malformed_json")).toBe(true)
+      expect(malformed.text).not.toContain("nope")
+    }))
+
+  it.scopedLive("a request that is not HTTP is answered with the JSON error too: 400, or 431 for headers too large", () =>
+    Effect.gen(function*() {
+      const running = yield* H.start()
+      const port = Number(new URL(running.url).port)
+      const raw = (bytes: string) =>
+        Effect.promise(() =>
+          new Promise<string>((resolve) => {
+            const socket = net.connect(port, "127.0.0.1")
+            let text = ""
+            socket.on("data", (chunk) => (text += String(chunk)))
+            socket.on("close", () => resolve(text))
+            socket.write(bytes)
+          })
+        )
+      const auth = `Authorization: Bearer ${running.keys.admin}\r\n`
+      for (const [bytes, status, code] of [
+        [`FOO /accounts HTTP/1.1\r\nHost: x\r\n${auth}\r\n`, 400, "malformed_request"],
+        [`GET /accounts/a b/token HTTP/1.1\r\nHost: x\r\n${auth}\r\n`, 400, "malformed_request"],
+        [`POST /accounts HTTP/1.1\r\nHost: x\r\n${auth}Content-Length: abc\r\n\r\n{}`, 400, "malformed_request"],
+        [`GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${"b".repeat(20_000)}\r\n\r\n`, 431, "headers_too_large"]
+      ] as const) {
+        const answer = yield* raw(bytes)
+        expect(answer, bytes.slice(0, 40)).toMatch(new RegExp(`^HTTP/1.1 ${status} `))
+        expect(answer.toLowerCase()).toContain("content-type: application/json")
+        expect(JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)).error.code).toBe(code)
+      }
+      expect((yield* H.call(running, "GET", "/health")).status).toBe(200)
     }))
 })

@@ -16,6 +16,7 @@ export class BadRequest extends Schema.Class<BadRequest>("BadRequest")(
   {
     error: detail(
       "invalid_request",
+      "malformed_request",
       "malformed_json",
       "unreadable_body",
       "invalid_token",
@@ -51,6 +52,21 @@ export class Conflict extends Schema.Class<Conflict>("Conflict")(
 export class PayloadTooLarge extends Schema.Class<PayloadTooLarge>("PayloadTooLarge")(
   { error: detail("payload_too_large") },
   HttpApiSchema.annotations({ status: 413, description: "The request body is larger than the server accepts" })
+) {}
+
+export class UnsupportedMediaType extends Schema.Class<UnsupportedMediaType>("UnsupportedMediaType")(
+  { error: detail("unsupported_media_type") },
+  HttpApiSchema.annotations({ status: 415, description: "The request body is not JSON (Content-Type: application/json)" })
+) {}
+
+export class RequestTimeout extends Schema.Class<RequestTimeout>("RequestTimeout")(
+  { error: detail("request_timeout") },
+  HttpApiSchema.annotations({ status: 408, description: "The request did not arrive in time; the connection is closed" })
+) {}
+
+export class HeadersTooLarge extends Schema.Class<HeadersTooLarge>("HeadersTooLarge")(
+  { error: detail("headers_too_large") },
+  HttpApiSchema.annotations({ status: 431, description: "The request line and headers are larger than the server accepts" })
 ) {}
 
 export class Unprocessable extends Schema.Class<Unprocessable>("Unprocessable")(
@@ -98,7 +114,55 @@ export const forbidden = (message: string) => new Forbidden({ error: { code: "fo
 export const notFound = (code: Code<typeof NotFound>, message: string) => new NotFound({ error: { code, message } })
 export const conflict = (code: Code<typeof Conflict>, message: string) => new Conflict({ error: { code, message } })
 export const payloadTooLarge = (message: string) => new PayloadTooLarge({ error: { code: "payload_too_large", message } })
+export const unsupportedMediaType = (message: string) =>
+  new UnsupportedMediaType({ error: { code: "unsupported_media_type", message } })
+export const requestTimeout = () =>
+  new RequestTimeout({ error: { code: "request_timeout", message: "the request did not arrive in time" } })
+export const headersTooLarge = () =>
+  new HeadersTooLarge({ error: { code: "headers_too_large", message: "the request line and headers are too large" } })
 export const badGateway = (message: string) => new BadGateway({ error: { code: "upstream_error", message } })
 export const unavailable = (code: Code<typeof ServiceUnavailable>, message: string) =>
   new ServiceUnavailable({ error: { code, message } })
 export const internal = () => new InternalError({ error: { code: "internal", message: "internal error; the server logged the cause" } })
+
+/** One problem a decoding failure found: where (a path into the input) and what. */
+export interface Issue {
+  readonly _tag: string
+  readonly path: ReadonlyArray<PropertyKey>
+  readonly message: string
+}
+
+/** How many problems of one request an answer lists. */
+const MAX_ISSUES = 3
+
+/**
+ * Input the API's schemas refused, as a 400 that says where and what is wrong, briefly, and
+ * never the value itself: the schema's "Expected …, actual …" would echo what the client sent,
+ * which may be a secret in the wrong place, or large.
+ */
+export const invalidRequest = (issues: ReadonlyArray<Issue>): BadRequest => {
+  const described = issues.slice(0, MAX_ISSUES).map((issue) => {
+    const where = issue.path.map(String).join(".")
+    if (issue._tag === "Type" && issue.path.length === 0) return "the request body must be a JSON object"
+    const actual = issue.message.indexOf(", actual ")
+    const what = (issue.message.startsWith("Expected ") && actual > 0 ? issue.message.slice(0, actual) : issue.message).slice(0, 200)
+    const field = String(issue.path[issue.path.length - 1] ?? "")
+    return where === "" || what.startsWith(field) ? what : `${where}: ${what}`
+  })
+  const more = issues.length > MAX_ISSUES ? ` (and ${issues.length - MAX_ISSUES} more)` : ""
+  return badRequest("invalid_request", described.length === 0 ? "the request does not match the API" : `${described.join("; ")}${more}`)
+}
+
+const encoders = {
+  BadRequest: Schema.encodeSync(Schema.parseJson(BadRequest)),
+  RequestTimeout: Schema.encodeSync(Schema.parseJson(RequestTimeout)),
+  HeadersTooLarge: Schema.encodeSync(Schema.parseJson(HeadersTooLarge))
+}
+
+/** An error as JSON text, for answers written below the HTTP API (a request Node cannot parse). */
+export const encode = (error: BadRequest | RequestTimeout | HeadersTooLarge): string =>
+  error instanceof BadRequest
+    ? encoders.BadRequest(error)
+    : error instanceof RequestTimeout
+    ? encoders.RequestTimeout(error)
+    : encoders.HeadersTooLarge(error)

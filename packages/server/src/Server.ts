@@ -10,7 +10,9 @@
  * the database closes.
  */
 import {
+  Headers,
   HttpApiBuilder,
+  HttpApiError,
   HttpApiSwagger,
   HttpIncomingMessage,
   HttpMethod,
@@ -25,6 +27,7 @@ import { Drivers } from "@tessera/providers"
 import { Cause, Effect, Layer, Option, Schema } from "effect"
 import type { ConfigError } from "effect"
 import * as Http from "node:http"
+import type { Duplex } from "node:stream"
 import { TesseraApi } from "./Api.js"
 import * as ApiError from "./ApiError.js"
 import * as Auth from "./Auth.js"
@@ -58,17 +61,18 @@ export class ListenFailed extends Schema.TaggedError<ListenFailed>()("ListenFail
 const isTagged = (tag: string) => (u: unknown): u is { readonly _tag: string; readonly message: string } =>
   typeof u === "object" && u !== null && "_tag" in u && u._tag === tag
 
+const tooLarge = (maxBodyBytes: number) => ApiError.payloadTooLarge(`the request body is larger than ${maxBodyBytes} bytes`)
+
 /** A body the request parser gave up on: too large, or not what its content type says. */
-const bodyFailure = (defect: unknown, maxBodyBytes: number) => {
-  if (!isTagged("RequestError")(defect)) return Option.none()
-  const cause = (defect as { readonly cause?: unknown }).cause
-  const reason = cause instanceof Error ? cause.message : ""
+const bodyFailure = (error: unknown, maxBodyBytes: number): Option.Option<ApiError.BadRequest | ApiError.PayloadTooLarge> => {
+  if (!isTagged("RequestError")(error)) return Option.none()
+  const cause = (error as { readonly cause?: unknown }).cause
+  if (cause instanceof Error && cause.message === "maxBytes exceeded") return Option.some(tooLarge(maxBodyBytes))
+  if (!(cause instanceof SyntaxError)) return Option.some(ApiError.badRequest("unreadable_body", "the request body could not be read"))
+  // The parser's own message quotes the body, which may hold a secret: only the position is kept.
+  const position = /at position (\d+)/.exec(cause.message)?.[1]
   return Option.some(
-    reason === "maxBytes exceeded"
-      ? ApiError.payloadTooLarge(`the request body is larger than ${maxBodyBytes} bytes`)
-      : cause instanceof SyntaxError
-      ? ApiError.badRequest("malformed_json", `the request body is not valid JSON: ${reason}`)
-      : ApiError.badRequest("unreadable_body", "the request body could not be read")
+    ApiError.badRequest("malformed_json", `the request body is not valid JSON${position === undefined ? "" : ` (at character ${position})`}`)
   )
 }
 
@@ -76,23 +80,29 @@ const bodyFailure = (defect: unknown, maxBodyBytes: number) => {
 const DRAIN_FACTOR = 16
 
 /**
- * Reads a body sent without a length (chunked), up to `limit` bytes. Past the limit the rest
- * is read and dropped rather than the socket destroyed, so the client gets its 413; a body
- * that goes on far longer gets the connection cut.
+ * Reads a body sent without a length (chunked), up to `limit` bytes, or none when it is
+ * longer: then the answer (413) goes out at once, while the rest is read and dropped rather
+ * than the socket destroyed, so the client sees its 413; a body that goes on far longer gets
+ * the connection cut.
  */
 const readChunked = (source: Http.IncomingMessage, limit: number) =>
   Effect.async<Option.Option<Buffer>>((resume) => {
     const chunks: Array<Buffer> = []
     let size = 0
+    let done = false
+    const finish = (body: Option.Option<Buffer>) => {
+      if (!done) (done = true), resume(Effect.succeed(body))
+    }
     source.on("data", (chunk: Buffer) => {
       size += chunk.length
       if (size <= limit) chunks.push(chunk)
       else if (size > limit * DRAIN_FACTOR) source.destroy()
+      else finish(Option.none())
     })
-    source.on("end", () => resume(Effect.succeed(size > limit ? Option.none() : Option.some(Buffer.concat(chunks)))))
+    source.on("end", () => finish(size > limit ? Option.none() : Option.some(Buffer.concat(chunks))))
     // A client that goes away (or is cut off) gets no answer; this only ends the wait.
-    source.on("error", () => resume(Effect.succeed(Option.none())))
-    source.on("close", () => resume(Effect.succeed(Option.none())))
+    source.on("error", () => finish(Option.none()))
+    source.on("close", () => finish(Option.none()))
   })
 
 /**
@@ -103,9 +113,10 @@ const readChunked = (source: Http.IncomingMessage, limit: number) =>
 const bufferChunked = (request: HttpServerRequest.HttpServerRequest, limit: number) =>
   Effect.gen(function*() {
     const body = yield* readChunked(NodeHttpServerRequest.toIncomingMessage(request), limit)
-    if (Option.isNone(body)) return yield* Effect.fail(ApiError.payloadTooLarge(`the request body is larger than ${limit} bytes`))
+    if (Option.isNone(body)) return yield* Effect.fail(tooLarge(limit))
     const headers = new globalThis.Headers()
     for (const [name, value] of Object.entries(request.headers)) if (name !== "transfer-encoding") headers.set(name, value)
+    headers.set("content-length", String(body.value.length))
     const web = yield* Effect.try({
       try: () => new Request(`http://localhost${request.url}`, { method: request.method, headers, body: body.value }),
       catch: () => ApiError.badRequest("unreadable_body", "the request could not be read")
@@ -117,23 +128,71 @@ const bufferChunked = (request: HttpServerRequest.HttpServerRequest, limit: numb
     })
   })
 
+/** Deeper than any body of the API nests, and shallow enough for its decoding errors to be described. */
+const MAX_JSON_DEPTH = 32
+
+/** Whether JSON text nests arrays and objects deeper than `limit` (brackets inside strings do not count). */
+const nestsDeeperThan = (text: string, limit: number): boolean => {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === 0x5c) i++
+      else if (c === 0x22) inString = false
+    } else if (c === 0x22) inString = true
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > limit) return true
+    } else if (c === 0x5d || c === 0x7d) depth--
+  }
+  return false
+}
+
+/**
+ * The request as the API may read it. A body must be within the limit (413), JSON (415: the
+ * platform would otherwise read forms, multipart and text, and hang or fail on some), and
+ * nest no deeper than any body of the API does (400). An empty body is no body, whatever
+ * its content type says.
+ */
+const admitBody = (request: HttpServerRequest.HttpServerRequest, maxBodyBytes: number) =>
+  Effect.gen(function*() {
+    if (!HttpMethod.hasBody(request.method)) return request
+    const declared = request.headers["content-length"]
+    const length = Number(declared ?? "0")
+    if (Number.isFinite(length) && length > maxBodyBytes) return yield* Effect.fail(tooLarge(maxBodyBytes))
+    const chunked = request.headers["transfer-encoding"] !== undefined && declared === undefined
+    const admitted = chunked ? yield* bufferChunked(request, maxBodyBytes) : request
+    const type = admitted.headers["content-type"]
+    if (Number(admitted.headers["content-length"] ?? "0") === 0) {
+      return type === undefined ? admitted : admitted.modify({ headers: Headers.remove(admitted.headers, "content-type") })
+    }
+    if (type !== undefined && type.split(";")[0]!.trim().toLowerCase() !== "application/json") {
+      return yield* Effect.fail(
+        ApiError.unsupportedMediaType("the request body must be JSON, sent with Content-Type: application/json")
+      )
+    }
+    const text = yield* HttpIncomingMessage.withMaxBodySize(admitted.text, Option.some(maxBodyBytes)).pipe(
+      Effect.catchAll((error) => Effect.fail(Option.getOrElse(bodyFailure(error, maxBodyBytes), () => tooLarge(maxBodyBytes))))
+    )
+    if (nestsDeeperThan(text, MAX_JSON_DEPTH)) {
+      return yield* Effect.fail(
+        ApiError.badRequest("invalid_request", `the JSON body nests deeper than ${MAX_JSON_DEPTH} levels, which no request of this API does`)
+      )
+    }
+    return admitted
+  })
+
 /**
  * Every failure the API's own schemas do not describe becomes one of its errors: decoding
- * failures 400 with the schema's message, unknown routes 404, unreadable bodies 400 or 413,
- * and defects a logged 500 that says nothing about the cause.
+ * failures 400 saying where and what (never the offending value), unknown routes 404,
+ * unreadable bodies 400, 413 or 415, and defects a logged 500 that says nothing about the cause.
  */
 const edge = Effect.map(ServerConfig, (config) => (app: HttpApp.Default) =>
   Effect.gen(function*() {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const length = Number(request.headers["content-length"] ?? "0")
-    if (Number.isFinite(length) && length > config.maxBodyBytes) {
-      return yield* Effect.fail(ApiError.payloadTooLarge(`the request body is larger than ${config.maxBodyBytes} bytes`))
-    }
-    const limited = HttpIncomingMessage.withMaxBodySize(app, Option.some(config.maxBodyBytes))
-    const chunked = request.headers["transfer-encoding"] !== undefined && request.headers["content-length"] === undefined
-    if (!chunked || !HttpMethod.hasBody(request.method)) return yield* limited
-    const buffered = yield* bufferChunked(request, config.maxBodyBytes)
-    return yield* Effect.provideService(limited, HttpServerRequest.HttpServerRequest, buffered)
+    const request = yield* admitBody(yield* HttpServerRequest.HttpServerRequest, config.maxBodyBytes)
+    return yield* HttpIncomingMessage.withMaxBodySize(app, Option.some(config.maxBodyBytes)).pipe(
+      Effect.provideService(HttpServerRequest.HttpServerRequest, request)
+    )
   }).pipe(
     Effect.catchAllCause((cause) =>
       Effect.gen(function*() {
@@ -141,9 +200,7 @@ const edge = Effect.map(ServerConfig, (config) => (app: HttpApp.Default) =>
         const failure = Cause.failureOption(cause)
         if (Option.isSome(failure)) {
           const error = failure.value as unknown
-          if (isTagged("HttpApiDecodeError")(error)) {
-            return yield* Effect.fail(ApiError.badRequest("invalid_request", error.message))
-          }
+          if (error instanceof HttpApiError.HttpApiDecodeError) return yield* Effect.fail(ApiError.invalidRequest(error.issues))
           if (isTagged("RouteNotFound")(error)) {
             const request = yield* HttpServerRequest.HttpServerRequest
             const path = request.url.split("?")[0] ?? "/"
@@ -159,6 +216,23 @@ const edge = Effect.map(ServerConfig, (config) => (app: HttpApp.Default) =>
     )
   )
 )
+
+/**
+ * What Node answers a request it cannot parse as HTTP (a bad method or target, a malformed
+ * header, headers too large, too slow): the API's JSON error, then the connection closes.
+ */
+const answerUnparsable = (error: Error & { readonly code?: string }, socket: Duplex) => {
+  if (error.code === "ECONNRESET" || !socket.writable) return socket.destroy()
+  const [status, reason, body] = error.code === "HPE_HEADER_OVERFLOW"
+    ? [431, "Request Header Fields Too Large", ApiError.encode(ApiError.headersTooLarge())] as const
+    : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+    ? [408, "Request Timeout", ApiError.encode(ApiError.requestTimeout())] as const
+    : [400, "Bad Request", ApiError.encode(ApiError.badRequest("malformed_request", "the request is not valid HTTP/1.1"))] as const
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+      `connection: close\r\n\r\n${body}`
+  )
+}
 
 // --- layers -------------------------------------------------------------------------------
 
@@ -199,7 +273,7 @@ const announce = (open: boolean) =>
   })
 
 const nodeServer = (host: string, port: number) =>
-  NodeHttpServer.layer(() => Http.createServer(), { host, port }).pipe(
+  NodeHttpServer.layer(() => Http.createServer().on("clientError", answerUnparsable), { host, port }).pipe(
     Layer.catchAll((error) =>
       Layer.fail(
         new ListenFailed({

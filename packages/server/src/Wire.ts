@@ -262,8 +262,15 @@ export const Event = Schema.Struct(eventFields).annotations({ identifier: "Event
 
 export const AuditEntry = Schema.Struct({ id: Schema.Number, ...eventFields }).annotations({ identifier: "AuditEntry" })
 
+const isAccountId = Schema.is(Account.AccountId)
+
 export const AuditParams = Schema.Struct({
-  account_id: Schema.optional(Schema.String),
+  // An id no account can have is a mistake, not a filter that matches nothing.
+  account_id: Schema.optional(
+    Schema.String.pipe(Schema.filter((id): boolean => isAccountId(id), {
+      message: () => "account_id must be an account id: 1-128 letters, digits and . _ : @ -"
+    }))
+  ),
   limit: Schema.optional(
     Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 1000)).annotations({
       message: () => "limit must be a whole number from 1 to 1000"
