@@ -4,8 +4,8 @@
  * backoff with jitter, `Retry-After` and the classification of statuses are decided in one
  * place, as is how far an upstream's clock is off by its `Date` header (`clockOffset`, which
  * sources apply to absolute expiries). Error details quote only the upstream's own message
- * fields, never request data, and with every credential the request carried blanked out (an upstream may quote back what it
- * was sent), so a credential cannot leak into an error.
+ * fields, never request data, and with every credential the request carried blanked out (an
+ * upstream may quote back what it was sent), so a credential cannot leak into an error.
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import type { HttpClientResponse } from "@effect/platform"
