@@ -809,7 +809,8 @@ export const make = Effect.gen(function*() {
     events,
     lookup,
     info: infoOf,
-    commit: (actor, state, evts) => lockOf(actor).withPermits(1)(commit(actor, state, evts)),
+    commit,
+    lock: lockOf,
     unauthorized: (actor, reason, token) =>
       service.reportUnauthorized(actor.id, { reason, token }).pipe(
         Effect.asVoid,

@@ -42,8 +42,10 @@ export interface Deps<A extends PoolActor> {
   readonly events: Events.EventsService
   readonly lookup: (id: string) => Effect.Effect<A, AccountNotFound>
   readonly info: (actor: A) => Effect.Effect<TokenInfo>
-  /** Commits a state that changes the account's standing, with its events. */
+  /** Commits a state that changes the account's standing, with its events; called holding the account's lock. */
   readonly commit: (actor: A, state: TokenState, events: ReadonlyArray<Events.TokenEvent>) => Effect.Effect<void, StoreError>
+  /** The account's lock, which every commit of its state holds. */
+  readonly lock: (actor: A) => Effect.Semaphore
   /** SPEC §2.9 for a 401 seen in the pool. */
   readonly unauthorized: (actor: A, reason: string, token: Redacted.Redacted<string>) => Effect.Effect<void, StoreError>
   readonly flushInterval: Duration.Duration
@@ -140,7 +142,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         [...byAccount].map(([actor, { count, first }]) => ({ who, actor, count, first }))
       )
       acquires.clear()
-      const usage = yield* Effect.forEach(actors, (actor) =>
+      const usageOf = Effect.forEach(actors, (actor) =>
         Effect.gen(function*() {
           const pool = (yield* Ref.get(actor.account)).pool
           const used = usedAt(actor, pool)
@@ -150,6 +152,11 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
               : current)
           return { id: actor.id, state }
         }))
+      // The states are read and written holding their accounts' locks: a commit that landed in
+      // between (an update clearing a rate limit, say) would otherwise be undone by the write.
+      const locks = actors.map(deps.lock)
+      const save = (usage: ReadonlyArray<{ readonly id: Account["id"]; readonly state: TokenState }>) =>
+        deps.store.saveUsage(usage, audit)
       const audit = counted.map(({ actor, count, first, who }) =>
         new Events.TokenEvent({
           type: "acquired",
@@ -161,7 +168,11 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
           data: { count }
         })
       )
-      yield* deps.store.saveUsage(usage, audit).pipe(
+      yield* Effect.acquireUseRelease(
+        Effect.forEach(locks, (lock) => lock.take(1), { discard: true }),
+        () => Effect.flatMap(usageOf, save),
+        () => Effect.forEach(locks, (lock) => lock.release(1), { discard: true })
+      ).pipe(
         Effect.zipRight(deps.events.publishAll(audit)),
         Effect.catchAll((error) =>
           Effect.gen(function*() {
@@ -309,48 +320,55 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         if (account.pool !== pool) return yield* new AccountNotFound({ accountId: id })
         const at = yield* Clock.currentTimeMillis
         const observation = observe(deps.drivers.provider(account), input.status, input.headers, at)
-        const state = yield* Ref.get(actor.state)
         const verdict = observation.verdict
         if (verdict._tag === "unauthorized") {
-          const token = Option.map(state.token, (record) => record.token)
+          const token = Option.map((yield* Ref.get(actor.state)).token, (record) => record.token)
           if (Option.isSome(token)) {
             yield* deps.unauthorized(actor, `the upstream answered ${input.status}`, input.token ?? token.value)
           }
           return yield* deps.info(actor)
         }
-        const rateLimit = verdict._tag === "rate_limited"
-          ? Option.some(
-            new Token.RateLimit({
-              ...Option.getOrElse(observation.rateLimit, () => new Token.RateLimit({ limited: true })),
-              resetAt: verdict.until,
-              limited: true
+        // Read and written under the account's lock: a change committed meanwhile (an update,
+        // say) is never overwritten with the state this report started from.
+        yield* deps.lock(actor).withPermits(1)(Effect.gen(function*() {
+          const state = yield* Ref.get(actor.state)
+          // what was seen for a token that has since been replaced says nothing about the new one
+          const current = Option.getOrUndefined(state.token)
+          if (input.token !== undefined && (current === undefined || Redacted.value(current.token) !== Redacted.value(input.token))) return
+          const rateLimit = verdict._tag === "rate_limited"
+            ? Option.some(
+              new Token.RateLimit({
+                ...Option.getOrElse(observation.rateLimit, () => new Token.RateLimit({ limited: true })),
+                resetAt: verdict.until,
+                limited: true
+              })
+            )
+            : Option.orElse(observation.rateLimit, () => state.rateLimit)
+          const next: TokenState = { ...state, rateLimit }
+          const wasLimited = Token.isLimited(state.rateLimit, at)
+          const isLimited = Token.isLimited(rateLimit, at)
+          if (isLimited && !wasLimited) {
+            const until = Option.getOrThrow(rateLimit).resetAt ?? at
+            const limited = yield* Events.make({
+              type: "rate_limited",
+              accountId: id,
+              outcome: "failure",
+              detail: `rate-limited until ${new Date(until).toISOString()}` +
+                (verdict._tag === "rate_limited" ? ` (${verdict.scope} limit)` : ""),
+              data: { reset_at: until, status: input.status }
             })
-          )
-          : Option.orElse(observation.rateLimit, () => state.rateLimit)
-        const next: TokenState = { ...state, rateLimit }
-        const wasLimited = Token.isLimited(state.rateLimit, at)
-        const isLimited = Token.isLimited(rateLimit, at)
-        if (isLimited && !wasLimited) {
-          const until = Option.getOrThrow(rateLimit).resetAt ?? at
-          const limited = yield* Events.make({
-            type: "rate_limited",
-            accountId: id,
-            outcome: "failure",
-            detail: `rate-limited until ${new Date(until).toISOString()}` +
-              (verdict._tag === "rate_limited" ? ` (${verdict.scope} limit)` : ""),
-            data: { reset_at: until, status: input.status }
-          })
-          yield* deps.commit(actor, next, [limited])
-          yield* recoveries.schedule(actor, until)
-        } else if (!isLimited && wasLimited) {
-          const recovered = yield* Events.make({ type: "recovered", accountId: id, detail: "the upstream lifted the rate limit" })
-          yield* deps.commit(actor, next, [recovered])
-        } else {
-          yield* Ref.set(actor.state, next)
-          yield* sync(actor)
-          dirty.add(actor)
-          signal()
-        }
+            yield* deps.commit(actor, next, [limited])
+            yield* recoveries.schedule(actor, until)
+          } else if (!isLimited && wasLimited) {
+            const recovered = yield* Events.make({ type: "recovered", accountId: id, detail: "the upstream lifted the rate limit" })
+            yield* deps.commit(actor, next, [recovered])
+          } else {
+            yield* Ref.set(actor.state, next)
+            yield* sync(actor)
+            dirty.add(actor)
+            signal()
+          }
+        }))
         return yield* deps.info(actor)
       })
 
