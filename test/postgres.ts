@@ -66,3 +66,26 @@ export const freshDatabase: Effect.Effect<string, never, Scope.Scope> = Effect.a
 /** A client of its own on the database at `databaseUrl`: for looking at rows as an outsider. */
 export const client = (databaseUrl: string): Layer.Layer<SqlClient.SqlClient | PgClient.PgClient> =>
   PgClient.layer({ url: Redacted.make(databaseUrl), maxConnections: 2 }).pipe(Layer.orDie)
+
+const asBytes = (value: unknown): Buffer =>
+  value instanceof Uint8Array ? Buffer.from(value) : Buffer.from(value === null ? "" : String(value), "utf8")
+
+/**
+ * Everything the database at `databaseUrl` holds: its tables, and every value of every row
+ * of them as bytes (byte columns as the bytes they hold, others as text), to look for
+ * plaintext secrets.
+ */
+export const contents = (databaseUrl: string): Effect.Effect<{ readonly tables: ReadonlyArray<string>; readonly values: ReadonlyArray<Buffer> }> =>
+  Effect.scoped(Effect.provide(
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const tables = (yield* sql<{ name: string }>`SELECT table_name AS name FROM information_schema.tables
+        WHERE table_schema = current_schema()`).map((row) => row.name)
+      const values: Array<Buffer> = []
+      for (const table of tables) {
+        for (const row of yield* sql<Record<string, unknown>>`SELECT * FROM ${sql(table)}`) values.push(...Object.values(row).map(asBytes))
+      }
+      return { tables, values }
+    }),
+    client(databaseUrl)
+  )).pipe(Effect.orDie)

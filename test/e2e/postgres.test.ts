@@ -30,27 +30,43 @@ const GH_TOKENS = ["ghp_pg_e2e_pool_token_one_0000", "ghp_pg_e2e_pool_token_two_
 /** The URL as a user writes it: with a password (trust authentication ignores it). */
 const withPassword = (url: string) => url.replace("postgres://postgres@", `postgres://postgres:${DB_PASSWORD}@`)
 
-/** Every value of every row of every table, as bytes (byte columns as the bytes they hold). */
+/** What the database holds (see `Postgres.contents`), and its stored tokens. */
 const rowsOf = (url: string) =>
+  Effect.gen(function*() {
+    const { tables, values } = yield* Postgres.contents(url)
+    const tokens = yield* Effect.scoped(Effect.provide(
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql<{ account_id: string; token_enc: Uint8Array }>`SELECT account_id, token_enc FROM token_state
+          WHERE token_enc IS NOT NULL ORDER BY account_id`),
+      Postgres.client(url)
+    )).pipe(Effect.orDie)
+    return { tables, values, tokens }
+  })
+
+/** How many accounts have a last use stored. */
+const lastUses = (url: string) =>
   Effect.scoped(Effect.provide(
-    Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      const tables = yield* sql<{ name: string }>`SELECT table_name AS name FROM information_schema.tables
-        WHERE table_schema = current_schema()`
-      const values: Array<Buffer> = []
-      for (const { name } of tables) {
-        for (const row of yield* sql<Record<string, unknown>>`SELECT * FROM ${sql(name)}`) {
-          for (const value of Object.values(row)) {
-            values.push(value instanceof Uint8Array ? Buffer.from(value) : Buffer.from(value === null ? "" : String(value)))
-          }
-        }
-      }
-      const tokens = yield* sql<{ account_id: string; token_enc: Uint8Array }>`SELECT account_id, token_enc FROM token_state
-        WHERE token_enc IS NOT NULL ORDER BY account_id`
-      return { values, tokens, tables: tables.map((table) => table.name) }
-    }),
+    Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      Effect.map(sql<{ n: number }>`SELECT COUNT(*)::int AS n FROM token_state WHERE last_used_at IS NOT NULL`, (rows) => rows[0]!.n)),
     Postgres.client(url)
-  ))
+  )).pipe(Effect.orDie)
+
+/** Polls `check` (in real time) until it holds; dies with `what` after `timeoutMs`. */
+const eventually = (what: string, check: Effect.Effect<boolean>, timeoutMs = 30_000) =>
+  Effect.gen(function*() {
+    const started = Date.now()
+    while (!(yield* check)) {
+      if (Date.now() - started > timeoutMs) return yield* Effect.die(new Error(`not within ${timeoutMs} ms: ${what}`))
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 50)))
+    }
+  })
+
+/** Waits (longer than the harness: starting is slow on a busy machine) until `running` listens. */
+const listening = (running: { readonly output: () => string; readonly url: Effect.Effect<string> }) =>
+  Effect.zipRight(
+    eventually("tessera serve listens", Effect.sync(() => /listening on|tessera: /.test(running.output())), 60_000),
+    running.url
+  )
 
 const available = await Postgres.probe()
 
@@ -80,8 +96,8 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
 
       // --- first run: obtains, fetches, registers keys, hands out a pool token -------------
       const first = yield* serve(cwd, { ...env, TESSERA_API_KEYS: `ops:admin:${ADMIN_KEY},app:read+token:${APP_KEY}` })
-      const base = yield* first.url
-      yield* waitUntil(() => first.output().includes("acc-1: available"), 15_000)
+      const base = yield* listening(first)
+      yield* waitUntil(() => first.output().includes("acc-1: available"), 30_000)
       expect(first.output()).toContain("amp: available")
       expect(first.output()).toContain("tessera is running on postgres://postgres@127.0.0.1:")
       const lease = yield* call(base, "POST", "/pools/github/acquire", { key: APP_KEY })
@@ -93,7 +109,8 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
       })
       expect(added.status).toBe(201)
       const before = yield* call(base, "GET", "/accounts", { key: APP_KEY })
-      // the pool's last use (a coalesced write) reaches the database by the time it stops
+      // the pool's last use is a coalesced write: it reaches the database within the flush interval
+      yield* eventually("the acquired token's last use is stored", Effect.map(lastUses(url), (count) => count === 1))
       expect(yield* first.stop("SIGTERM")).toBe(0)
       const obtained = amp.issued().map((t) => t.token)
       const fetched = auth.account("acc-1")!.token
@@ -128,8 +145,8 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
 
       // --- second run: restores every token without asking any upstream ---------------------
       const second = yield* serve(cwd, env)
-      const again = yield* second.url
-      yield* waitUntil(() => second.output().includes("acc-1: available"), 15_000)
+      const again = yield* listening(second)
+      yield* waitUntil(() => second.output().includes("acc-1: available"), 30_000)
       expect(second.output()).toContain("amp: available")
       expect(upstreamCalls()).toBe(callsAfterFirst)
       const after = yield* call(again, "GET", "/accounts", { key: APP_KEY })
@@ -142,7 +159,7 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
       expect((yield* call(again, "GET", "/accounts/amp/token", { key: APP_KEY })).json.access_token).toBe(obtained[0])
       expect((yield* call(again, "GET", "/accounts/acc-1/token", { key: APP_KEY })).json.access_token).toBe(fetched)
       const used = (yield* call(again, "GET", "/pools/github/tokens", { key: APP_KEY })).json as Array<{ last_used_at: string | null }>
-      expect(used.filter((token) => token.last_used_at !== null)).toHaveLength(1)
+      expect(used.filter((token) => token.last_used_at !== null), JSON.stringify(used)).toHaveLength(1)
       const audit = (yield* call(again, "GET", "/audit?limit=500", { key: ADMIN_KEY })).json as Array<{ type: string }>
       expect(audit.map((entry) => entry.type)).toEqual(expect.arrayContaining(["obtained", "api_key_created", "acquired"]))
       expect(yield* second.stop("SIGINT")).toBe(0)
@@ -152,7 +169,7 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
       for (const secret of [...secrets, DB_PASSWORD]) {
         expect(first.output() + second.output()).not.toContain(secret)
       }
-    }), { timeout: 90_000 })
+    }), { timeout: 180_000 })
 
   it.scopedLive("without TESSERA_ENCRYPTION_KEY or TESSERA_KEY_FILE it refuses to start, in one line, and creates no key file", () =>
     Effect.gen(function*() {
@@ -160,7 +177,7 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
       const cwd = yield* tempDir
       const url = withPassword(yield* Postgres.freshDatabase)
       const run = yield* serve(cwd, { TESSERA_DATABASE_URL: url })
-      yield* waitUntil(() => run.exited(), 15_000)
+      yield* waitUntil(() => run.exited(), 60_000)
       const code = yield* run.stop("SIGTERM")
       expect(code).not.toBe(0)
       const lines = run.output().trim().split("\n").filter((line) => line.includes("TESSERA_ENCRYPTION_KEY"))
@@ -168,7 +185,7 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
       expect(lines[0]).toContain("PostgreSQL")
       expect(run.output()).not.toContain(DB_PASSWORD)
       expect(fs.existsSync(path.join(cwd, "data"))).toBe(false)
-    }), { timeout: 60_000 })
+    }), { timeout: 120_000 })
 
   it.scopedLive("local commands, key rotation and doctor work on the PostgreSQL database", () =>
     Effect.gen(function*() {
@@ -211,7 +228,7 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
       expect(failed.detail).toContain("ECONNREFUSED")
       for (const result of [rotated, doctor, unreachable]) expect(result.stdout + result.stderr).not.toContain(DB_PASSWORD)
       expect(fs.existsSync(path.join(cli.dir, "data"))).toBe(false)
-    }), { timeout: 90_000 })
+    }), { timeout: 180_000 })
 
   it.scopedLive("two instances opening a fresh database at once both start and see the same accounts", () =>
     Effect.gen(function*() {
@@ -227,7 +244,7 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
         TESSERA_API_KEYS: `app:read+token:${APP_KEY}`
       }
       const [a, b] = yield* Effect.all([serve(yield* tempDir, env), serve(yield* tempDir, env)])
-      const [urlA, urlB] = yield* Effect.all([a.url, b.url], { concurrency: 2 })
+      const [urlA, urlB] = yield* Effect.all([listening(a), listening(b)], { concurrency: 2 })
       const list = (base: string) =>
         Effect.map(call(base, "GET", "/accounts", { key: APP_KEY }), (answer) =>
           (answer.json as Array<{ account_id: string }>).map((account) => account.account_id).sort())
@@ -235,5 +252,5 @@ Postgres.describeWithPostgres("tessera serve on PostgreSQL", available, () => {
       expect(seenByA).toHaveLength(2)
       expect(yield* list(urlB)).toEqual(seenByA)
       expect(yield* Effect.all([a.stop("SIGTERM"), b.stop("SIGTERM")])).toEqual([0, 0])
-    }), { timeout: 60_000 })
+    }), { timeout: 120_000 })
 })

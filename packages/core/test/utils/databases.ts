@@ -55,34 +55,16 @@ const sqlite: Backend = {
   })
 }
 
-const asBytes = (value: unknown): Buffer =>
-  value instanceof Uint8Array ? Buffer.from(value) : Buffer.from(value === null ? "" : String(value), "utf8")
-
 const postgres = (available: boolean): Backend => ({
   kind: "postgres",
   title: "PostgreSQL",
   available,
-  fresh: Effect.map(Postgres.freshDatabase, (url): TestDatabase => {
-    const raw = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
-      Effect.scoped(Effect.provide(effect, Postgres.client(url)))
-    return {
-      kind: "postgres",
-      database: { _tag: "postgres", url: Redacted.make(url) },
-      raw,
-      contents: raw(Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        const tables = yield* sql<{ name: string }>`SELECT table_name AS name FROM information_schema.tables
-          WHERE table_schema = current_schema()`
-        const out: Array<Buffer> = []
-        for (const { name } of tables) {
-          for (const row of yield* sql<Record<string, unknown>>`SELECT * FROM ${sql(name)}`) {
-            out.push(...Object.values(row).map(asBytes))
-          }
-        }
-        return out
-      })).pipe(Effect.orDie)
-    }
-  })
+  fresh: Effect.map(Postgres.freshDatabase, (url): TestDatabase => ({
+    kind: "postgres",
+    database: { _tag: "postgres", url: Redacted.make(url) },
+    raw: (effect) => Effect.scoped(Effect.provide(effect, Postgres.client(url))),
+    contents: Effect.map(Postgres.contents(url), (held) => held.values)
+  }))
 })
 
 /** SQLite always; PostgreSQL when the machine's server answers. */
