@@ -430,12 +430,10 @@ describe("audit log", () => {
       expect(acquiredAfter()).toBe(outageLeases)
     }), { timeout: 180_000 })
 
-  // KNOWN DEFECT (packages/core/src/Lifecycle.ts, renew → commit): when the authorization
-  // server rotates the refresh token and the commit of the renewal fails, the new refresh
-  // token is dropped; the next refresh presents the used one, reuse detection revokes the
-  // grant, and the account is lost for good. `.fails` until the lifecycle keeps the rotated
-  // refresh token (in memory at least) when it cannot be written.
-  it.scopedLive.fails("KNOWN DEFECT: an OAuth2 account refreshed while the audit log is unwritable still refreshes once it is back", () =>
+  // When the authorization server rotates the refresh token and the commit of the renewal
+  // fails, the lifecycle keeps the new refresh token in memory and saves it with the next
+  // commit: presenting the used one again would make reuse detection revoke the grant.
+  it.scopedLive("an OAuth2 account refreshed while the audit log is unwritable still refreshes once it is back", () =>
     Effect.gen(function*() {
       const oauth = yield* OAuth2.make({ clients: { tessera: OAUTH_CLIENT_SECRET } })
       const { db, req } = yield* start({}, 0)

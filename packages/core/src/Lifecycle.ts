@@ -139,6 +139,12 @@ interface Actor {
   startup: boolean
   /** The token record loaded from the store at startup, while it is still the current one. */
   restored: TokenRecord | undefined
+  /**
+   * A rotated credential (an OAuth2 refresh token) the store could not take: the upstream has
+   * retired the previous one, so this is the only copy. Used from memory and written with
+   * the account's next commit.
+   */
+  unsaved: SourceConfig | undefined
 }
 
 type Mode = "ensure" | "force"
@@ -221,9 +227,11 @@ export const make = Effect.gen(function*() {
     source?: SourceConfig
   ): Effect.Effect<void, StoreError> =>
     Effect.gen(function*() {
-      yield* store.saveState(actor.id, state, evts, source)
+      const saved = source ?? actor.unsaved
+      yield* store.saveState(actor.id, state, evts, saved)
+      actor.unsaved = undefined
       yield* Ref.set(actor.state, state)
-      if (source !== undefined) yield* Ref.update(actor.account, (account) => new Account({ ...account, source }))
+      if (saved !== undefined) yield* Ref.update(actor.account, (account) => new Account({ ...account, source: saved }))
       yield* pools.sync(actor)
       yield* events.publishAll(evts)
       yield* scheduleNext(actor)
@@ -307,7 +315,7 @@ export const make = Effect.gen(function*() {
         lastRefreshedAt: theirs.lastRefreshedAt,
         username: theirs.username
       })
-      yield* Ref.set(actor.account, stored.value.account)
+      if (actor.unsaved === undefined) yield* Ref.set(actor.account, stored.value.account)
       actor.startup = false
       yield* pools.sync(actor)
       yield* scheduleNext(actor)
@@ -443,7 +451,15 @@ export const make = Effect.gen(function*() {
           detail: expiryDetail(issued.expiresAt),
           data: { origin }
         })
-        yield* commit(actor, next, [...notes, done], rotated)
+        yield* commit(actor, next, [...notes, done], rotated).pipe(
+          // The upstream has retired the refresh token this renewal used: presenting it again
+          // would revoke the grant. The new one is kept, and saved with the next commit.
+          Effect.tapError(() =>
+            rotated === undefined ? Effect.void : Effect.sync(() => {
+              actor.unsaved = rotated
+            }).pipe(Effect.zipRight(Ref.update(actor.account, (account) => new Account({ ...account, source: rotated }))))
+          )
+        )
         return record
       }))
     })
@@ -527,7 +543,8 @@ export const make = Effect.gen(function*() {
     lock: undefined,
     flight: undefined,
     startup,
-    restored: undefined
+    restored: undefined,
+    unsaved: undefined
   })
 
   const getLease = (actor: Actor) =>
@@ -774,7 +791,7 @@ export const make = Effect.gen(function*() {
           const ours = yield* Ref.get(actor.state)
           const lastUsed = Math.max(Option.getOrElse(ours.lastUsedAt, () => 0), Option.getOrElse(theirs.lastUsedAt, () => 0))
           yield* Ref.set(actor.state, { ...theirs, lastUsedAt: lastUsed === 0 ? Option.none() : Option.some(lastUsed) })
-          yield* Ref.set(actor.account, account)
+          if (actor.unsaved === undefined) yield* Ref.set(actor.account, account)
           yield* pools.sync(actor)
           yield* scheduleNext(actor)
         }))
