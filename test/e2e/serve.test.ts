@@ -71,9 +71,9 @@ describe("tessera serve (the README's start command)", () => {
       yield* first.stop("SIGTERM")
       const wrongKey = Buffer.alloc(32, 7).toString("base64")
       const second = yield* serve(cwd, { ...env, TESSERA_ENCRYPTION_KEY: wrongKey })
-      const code = yield* Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 3000))).pipe(
-        Effect.zipRight(second.stop("SIGTERM"))
-      )
+      // it exits by itself; the signal only ends a process that would (wrongly) go on serving
+      yield* Effect.exit(waitUntil(() => second.exited(), 30_000))
+      const code = yield* second.stop("SIGTERM")
       expect(code).not.toBe(0)
       expect(second.output()).toMatch(/not configured|encryption key/i)
       expect(second.output()).not.toContain(wrongKey)
