@@ -41,14 +41,14 @@ export const probe = async (): Promise<boolean> =>
     Effect.orElseSucceed(() => false)
   ))
 
-export const absentMessage = Services.absentMessage(
-  `PostgreSQL on ${HOST}:${PORT} (user ${USER})`,
-  "the PostgreSQL store tests"
-)
+export const service: Services.Service = {
+  name: `PostgreSQL on ${HOST}:${PORT} (user ${USER})`,
+  tests: "the PostgreSQL store tests"
+}
 
 /** Declares a suite that needs PostgreSQL (see `Services.describeWith`). */
 export const describeWithPostgres = (name: string, available: boolean, body: () => void) =>
-  Services.describeWith(name, available, absentMessage, body)
+  Services.describeWith(name, available, service, body)
 
 /** A new, empty database, dropped (connections and all) when the scope closes: its URL. */
 export const freshDatabase: Effect.Effect<string, never, Scope.Scope> = Effect.acquireRelease(
