@@ -18,6 +18,7 @@ import * as Events from "./Events.js"
 import { Lifecycle } from "./Lifecycle.js"
 import { HANDOUT_MARGIN_MS } from "./Token.js"
 import { SharedRotation } from "./TokenPool.js"
+import { postgresClient } from "./TokenStore.js"
 import type { SharedRotationShape } from "./TokenPool.js"
 
 /** The channel instances announce their events on. */
@@ -57,6 +58,12 @@ export const layerRotation: Layer.Layer<SharedRotation, never, SqlClient.SqlClie
   Effect.map(rotation, Option.some)
 )
 
+/** The shared rotation when the store is PostgreSQL; on SQLite each process rotates in memory. */
+export const layerRotationIfShared: Layer.Layer<SharedRotation, never, SqlClient.SqlClient> = Layer.effect(
+  SharedRotation,
+  Effect.flatMap(postgresClient, (pg) => Option.isSome(pg) ? Effect.map(rotation, Option.some) : Effect.succeedNone)
+)
+
 const Announcement = Schema.parseJson(Schema.Struct({ origin: Schema.String, event: Events.TokenEvent }))
 const encodeAnnouncement = Schema.encodeSync(Announcement)
 const decodeAnnouncement = Schema.decodeUnknownOption(Announcement)
@@ -73,8 +80,17 @@ const MAX_DETAIL = 2_000
  * change, and each instance reads an account again before renewing it).
  */
 export const layerEvents: Layer.Layer<never, never, PgClient.PgClient | Events.Events | Lifecycle> = Layer.scopedDiscard(
+  Effect.flatMap(PgClient.PgClient, (pg) => bridge(pg))
+)
+
+/** The events bridge when the store is PostgreSQL; nothing on SQLite. */
+export const layerEventsIfShared: Layer.Layer<never, never, SqlClient.SqlClient | Events.Events | Lifecycle> = Layer
+  .scopedDiscard(
+    Effect.flatMap(postgresClient, (pg) => Option.isSome(pg) ? bridge(pg.value) : Effect.void)
+  )
+
+const bridge = (pg: PgClient.PgClient) =>
   Effect.gen(function*() {
-    const pg = yield* PgClient.PgClient
     const events = yield* Events.Events
     const lifecycle = yield* Lifecycle
     const origin = crypto.randomUUID()
@@ -115,4 +131,3 @@ export const layerEvents: Layer.Layer<never, never, PgClient.PgClient | Events.E
       Effect.forkScoped
     )
   })
-)
