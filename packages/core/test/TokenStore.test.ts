@@ -1,7 +1,7 @@
 import { SqlClient } from "@effect/sql"
 import { expect, it } from "@effect/vitest"
 import { Account, Crypto, Events, Token, TokenStore } from "@tessera/core"
-import { Effect, Option, Redacted, Schema } from "effect"
+import { Context, Deferred, Effect, Layer, Option, Redacted, Schema, Stream } from "effect"
 import { execFile } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { describeEachDatabase, storeLayer } from "./utils/databases.js"
@@ -303,6 +303,36 @@ describeEachDatabase("TokenStore", (backend) => {
           yield* store.addAccount(passwordAccount, fullState, [])
           expect(yield* store.takeLease(id, { owner: other, now: 90_002, expiresAt: 150_000 })).toBe(true)
         }))
+    }))
+
+  it.scopedLive("the client the store runs on is in its layer: PostgreSQL's carries LISTEN/NOTIFY, SQLite has none", () =>
+    Effect.gen(function*() {
+      const db = yield* backend.fresh
+      const key = yield* Crypto.generateKey
+      const client = yield* TokenStore.postgresClient.pipe(Effect.provide(storeLayer(db.database, [key])))
+      expect(Option.isSome(client)).toBe(backend.kind === "postgres")
+      if (Option.isNone(client)) return
+      // the same pool the store writes through: it sees the store's rows and delivers notifications
+      yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(storeLayer(db.database, [key]))
+        const store = Context.get(context, TokenStore.TokenStore)
+        const pg = Option.getOrThrow(yield* TokenStore.postgresClient.pipe(Effect.provide(context)))
+        yield* store.addAccount(passwordAccount, fullState, [])
+        expect(yield* pg`SELECT account_id FROM accounts`).toEqual([{ account_id: "amp-main" }])
+        const received = yield* Deferred.make<string>()
+        yield* pg.listen("tessera_test").pipe(
+          Stream.runForEach((payload) => Deferred.succeed(received, payload)),
+          Effect.forkScoped
+        )
+        // LISTEN is set up asynchronously: notify until it arrives. (`pg.notify` of @effect/sql-pg
+        // 0.53 sends `NOTIFY channel, $1`, which PostgreSQL refuses: pg_notify takes parameters.)
+        yield* pg`SELECT pg_notify(${"tessera_test"}, ${"hello"})`.pipe(
+          Effect.zipRight(Effect.sleep("50 millis")),
+          Effect.zipRight(Deferred.isDone(received)),
+          Effect.repeat({ until: (done) => done, times: 200 })
+        )
+        expect(yield* Deferred.await(received)).toBe("hello")
+      }))
     }))
 
   it.scoped("the integrity check finds a sound database sound", () =>
