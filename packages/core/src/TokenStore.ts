@@ -526,7 +526,11 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
                 ${typed(columns.rl_limited, "BIGINT")})`
             })
             // accounts removed meanwhile simply match no row
-            yield* sql`UPDATE token_state SET last_used_at = v.column2, rl_limit = v.column3, rl_remaining = v.column4,
+            // last use never goes back: another instance sharing the database may have used it since
+            yield* sql`UPDATE token_state SET last_used_at = CASE
+                WHEN token_state.last_used_at IS NULL OR v.column2 > token_state.last_used_at THEN v.column2
+                ELSE token_state.last_used_at END,
+              rl_limit = v.column3, rl_remaining = v.column4,
               rl_reset_at = v.column5, rl_resource = v.column6, rl_limited = v.column7
               FROM (VALUES ${sql.csv(rows)}) AS v WHERE token_state.account_id = v.column1`
           }
