@@ -6,7 +6,14 @@
  * decrypts, and neither the API nor the file has lost an acknowledged write (crashHarness.ts
  * says exactly what each kind of write promises). A negative control rolls back acknowledged
  * writes, corrupts a page and tampers with a secret in copies of the database, and shows the
- * same checks report exactly that.
+ * same checks report exactly that. Two races that lose an acknowledged write, which random
+ * kills meet only by chance, are made deterministic in-process with pauses injected into the
+ * store.
+ *
+ * Each restarted process has loaded its modules ahead (`warmService`): it runs the built
+ * `bin.js serve` unchanged, but the seconds of importing Effect overlap the previous process's
+ * load. The run uses a copy of the build taken at its start (`snapshotBuild`), so a rebuild
+ * of the working tree during the minutes it takes cannot change the binary under it.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { NodeHttpClient } from "@effect/platform-node"
@@ -17,7 +24,7 @@ import { Cause, Deferred, Duration, Effect, Either, Exit, Fiber, Layer, Option, 
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { requireBuild, serve } from "../e2e/harness.js"
+import { requireBuild } from "../e2e/harness.js"
 import {
   addAccounts,
   check,
@@ -29,11 +36,12 @@ import {
   observeDatabase,
   seeded,
   serviceEnv,
+  snapshotBuild,
   startLoad,
   usageLoss,
   warmService
 } from "./crashHarness.js"
-import type { Keys, Observed, Violation } from "./crashHarness.js"
+import type { Build, Keys, Observed, Violation } from "./crashHarness.js"
 
 const KILLS = Number(process.env["TESSERA_CRASH_KILLS"] ?? 200)
 const CLIENTS = 10
@@ -78,7 +86,7 @@ const inspect = (ledger: Ledger, keyring: Crypto.KeyringService, keys: Keys, url
 
 /** What the run leaves for the negative control. */
 interface Run {
-  readonly dir: string
+  readonly build: Build
   readonly db: string
   readonly key: Crypto.EncryptionKey
   readonly keyBase64: string
@@ -120,6 +128,7 @@ describe("crash safety", () => {
       const db = path.join(dir, "data", "tessera.db")
       const env = serviceEnv({ db, key: keyBase64, keys })
       const ledger = new Ledger(ACCOUNTS)
+      const build = snapshotBuild(dir)
       const expiryBase = Math.floor((Date.now() + 30 * 24 * 3600_000) / 1000) * 1000
 
       const violations: Array<Violation> = []
@@ -163,7 +172,7 @@ describe("crash safety", () => {
       let broken: string | undefined
 
       // The next processes load their modules while the current one is under load.
-      const warming = [yield* warmService(dir, env), yield* warmService(dir, env)]
+      const warming = [yield* warmService(build, dir, env), yield* warmService(build, dir, env)]
       const cycle = (index: number) =>
         Effect.gen(function*() {
           const spawned = Date.now()
@@ -171,7 +180,7 @@ describe("crash safety", () => {
           spent.warm += Date.now() - spawned
           const url = yield* service.url
           spent.start += Date.now() - spawned
-          warming.push(yield* warmService(dir, env))
+          warming.push(yield* warmService(build, dir, env))
           if (index === 0) yield* Effect.promise(() => addAccounts(url, keys, ledger, expiryBase))
           else yield* afterRestart(url, `restart ${index}`)
           const loaded = Date.now()
@@ -257,7 +266,7 @@ describe("crash safety", () => {
 
       expect(broken).toBeUndefined()
       expect(stopped).toBe(0)
-      run = { dir, db, key, keyBase64, keys, ledger, final: lastInspection! }
+      run = { build, db, key, keyBase64, keys, ledger, final: lastInspection! }
       expect(kills).toBe(KILLS)
       expect(restarts).toBe(KILLS)
       expect(c.acked).toBeGreaterThan(KILLS * 5)
@@ -272,7 +281,7 @@ describe("crash safety", () => {
   it.live("negative control: the same checks report a rolled-back write, a corrupt page and a tampered secret", () =>
     Effect.gen(function*() {
       if (run === undefined) return yield* Effect.die(new Error("the crash run did not finish; nothing to control"))
-      const { db, key, keyBase64, keys, ledger, final } = run
+      const { build, db, key, keyBase64, keys, ledger, final } = run
       const keyring = Crypto.make([key])
       const store = TokenStore.layerSqlite
 
@@ -317,7 +326,7 @@ describe("crash safety", () => {
 
       const env = serviceEnv({ db: lossDb, key: keyBase64, keys })
       const found = yield* Effect.scoped(Effect.gen(function*() {
-        const service = yield* serve(path.dirname(lossDb), env)
+        const service = yield* Effect.flatMap(warmService(build, path.dirname(lossDb), env), (warm) => warm.start)
         const url = yield* service.url
         return yield* inspect(ledger, keyring, keys, url, lossDb)
       }))
@@ -442,10 +451,13 @@ describe("crash safety", () => {
       pauses.flush = flush
       yield* pool.report("github", limited(3700))
       yield* Deferred.await(flush.entered)
-      const updated = yield* lifecycle.update(id, Redacted.make("ghp_the_acknowledged_update"), { validate: false })
-      expect(updated.status).toBe("available")
+      // the update comes while the flush is writing (it may wait for it, never be undone by it)
+      const update = yield* Effect.fork(lifecycle.update(id, Redacted.make("ghp_the_acknowledged_update"), { validate: false }))
+      yield* Effect.sleep("50 millis")
       yield* Deferred.succeed(flush.release, undefined)
       yield* Deferred.await(flush.done)
+      const updated = yield* Fiber.join(update)
+      expect(updated.status).toBe("available")
 
       const stored = Option.getOrThrow(yield* store.load(id))
       const restarted = Token.status(stored.state, Date.now())

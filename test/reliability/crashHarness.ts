@@ -30,8 +30,9 @@ import { Crypto, Token } from "@tessera/core"
 import Database from "better-sqlite3"
 import { Effect, Either, Redacted } from "effect"
 import { spawn } from "node:child_process"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { BIN } from "../e2e/harness.js"
 import { waitUntil } from "../lifecycle/harness.js"
 
 // --- the service under test ------------------------------------------------------------------
@@ -66,7 +67,34 @@ export const serviceEnv = (options: { readonly db: string; readonly key: string;
 
 // --- the service process ----------------------------------------------------------------------
 
-const CLI = fileURLToPath(new URL("../../packages/cli/dist/Cli.js", import.meta.url))
+/** The built executable: `bin.js` and the module it runs. */
+export interface Build {
+  readonly bin: string
+  readonly cli: string
+}
+
+/**
+ * A copy of the built packages (their `dist`, `package.json` and `node_modules` links) under
+ * `dir`, sharing the repository's installed dependencies: the run uses one build throughout,
+ * whatever is rebuilt in the working tree meanwhile.
+ */
+export const snapshotBuild = (dir: string): Build => {
+  const root = fileURLToPath(new URL("../../", import.meta.url))
+  const target = path.join(dir, "build")
+  fs.mkdirSync(path.join(target, "packages"), { recursive: true })
+  fs.symlinkSync(path.join(root, "node_modules"), path.join(target, "node_modules"))
+  for (const pkg of fs.readdirSync(path.join(root, "packages"))) {
+    const from = path.join(root, "packages", pkg)
+    if (!fs.existsSync(path.join(from, "dist"))) continue
+    for (const entry of ["dist", "package.json", "node_modules"]) {
+      if (fs.existsSync(path.join(from, entry))) {
+        fs.cpSync(path.join(from, entry), path.join(target, "packages", pkg, entry), { recursive: true, verbatimSymlinks: true })
+      }
+    }
+  }
+  const cli = path.join(target, "packages", "cli", "dist")
+  return { bin: path.join(cli, "bin.js"), cli: path.join(cli, "Cli.js") }
+}
 
 /**
  * Loads the CLI's modules (the ~1.5-3 s of a start that is only importing Effect), says
@@ -102,10 +130,10 @@ export interface WarmService {
  * previous one is still under load and start at once when that one is killed. Runs in `cwd`
  * with only `env` (and PATH); the port is chosen by the system. The scope kills it.
  */
-export const warmService = (cwd: string, env: Record<string, string>) =>
+export const warmService = (build: Build, cwd: string, env: Record<string, string>) =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const child = spawn(process.execPath, ["--input-type=module", "-e", LAUNCHER, CLI, BIN], {
+      const child = spawn(process.execPath, ["--input-type=module", "-e", LAUNCHER, build.cli, build.bin], {
         cwd,
         env: { PATH: process.env["PATH"] ?? "", TESSERA_PORT: "0", ...env },
         stdio: ["pipe", "pipe", "pipe"]
