@@ -250,4 +250,16 @@ describe("bad input", () => {
       }
       expect((yield* H.call(running, "GET", "/health")).status).toBe(200)
     }))
+
+  it.scopedLive("a denied request names in the audit log only an account id that can be one", () =>
+    Effect.gen(function*() {
+      const running = yield* H.start()
+      const denied = yield* H.call(running, "GET", "/accounts/%3Cscript%3Ealert(1)%3C%2Fscript%3E/token/status")
+      expect(H.isError(denied, 401, "unauthorized")).toBe(true)
+      const [entry] = yield* Effect.orDie(running.store.audit({ limit: 1 }))
+      expect([entry?.type, entry?.accountId]).toEqual(["access_denied", null])
+      yield* H.call(running, "GET", "/accounts/acc-1/token/status")
+      const [named] = yield* Effect.orDie(running.store.audit({ limit: 1 }))
+      expect([named?.type, named?.accountId]).toEqual(["access_denied", "acc-1"])
+    }))
 })

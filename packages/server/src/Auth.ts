@@ -8,8 +8,8 @@
  * runs open, which it only does on loopback (see `Server`), and the caller is `local`.
  */
 import { HttpApp, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { ApiKeys, Events, Settings, TokenStore } from "@tessera/core"
-import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
+import { Account, ApiKeys, Events, Settings, TokenStore } from "@tessera/core"
+import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import type { Redacted } from "effect"
 import { RequireAdmin, RequireRead, RequireToken } from "./Api.js"
 import * as ApiError from "./ApiError.js"
@@ -83,6 +83,11 @@ export const layerThrottle: Layer.Layer<Throttle, never, ServerConfig> = Layer.e
 
 const bearerPrefix = /^bearer\s+/i
 
+/** How much of a denied request's path the audit log keeps. */
+const MAX_AUDITED_PATH = 200
+
+const isAccountId = Schema.is(Account.AccountId)
+
 /** The `Retry-After` header (whole seconds, at least 1) on whatever this request is answered with. */
 export const retryAfter = (retryAt: number) =>
   Effect.flatMap(Clock.currentTimeMillis, (now) => {
@@ -107,10 +112,12 @@ const make = (scope: ApiKeys.Scope) =>
         const request = yield* HttpServerRequest.HttpServerRequest
         const route = yield* HttpRouter.RouteContext
         const client = Option.getOrElse(request.remoteAddress, () => "unknown")
-        const path = request.url.split("?")[0] ?? request.url
+        // Both come from a client that has not authenticated: an id only if it can be one, the path cut short.
+        const path = (request.url.split("?")[0] ?? request.url).slice(0, MAX_AUDITED_PATH)
+        const id = route.params["id"]
         const denied = yield* Events.make({
           type: DENIED_EVENT,
-          accountId: route.params["id"] ?? null,
+          accountId: id !== undefined && isAccountId(id) ? id : null,
           outcome: "denied",
           detail: `${request.method} ${path} refused (${status}): ${reason}`,
           data: { status, method: request.method, path, client, scope }
