@@ -187,7 +187,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     yield* Effect.addFinalizer(() => flush)
     yield* Queue.take(pending).pipe(
       Effect.zipRight(Effect.sleep(deps.flushInterval)),
-      Effect.zipRight(flush),
+      Effect.zipRight(Effect.uninterruptible(flush)),
       Effect.forever,
       Effect.forkScoped
     )
