@@ -9,7 +9,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql"
-import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
+import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted, Ref, Schema } from "effect"
 import * as crypto from "node:crypto"
 import type * as Crypto from "./Crypto.js"
 import { StoreError } from "./Errors.js"
@@ -117,6 +117,9 @@ export const allows = (key: { readonly scopes: ReadonlyArray<Scope> }, scope: Sc
 export const PREFIX = "tsr_"
 const MIN_SECRET_LENGTH = 16
 
+/** How long the active keys read for checking requests are used before they are read again. */
+export const ACTIVE_KEYS_TTL_MS = 1_000
+
 /** A new random secret: `tsr_` and 32 random bytes in base64url. */
 export const generateSecret = (): Redacted.Redacted<string> =>
   Redacted.make(`${PREFIX}${crypto.randomBytes(32).toString("base64url")}`)
@@ -175,8 +178,22 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
         (event) => store.appendAudit([event])
       )
 
-    const activeRows = sql<KeyRow>`SELECT name, scopes, key_hash, created_at, revoked_at FROM api_keys
+    const readActive = sql<KeyRow>`SELECT name, scopes, key_hash, created_at, revoked_at FROM api_keys
       WHERE revoked_at IS NULL ORDER BY id`
+
+    // Every request is checked against the active keys, so they are read at most once per
+    // ACTIVE_KEYS_TTL_MS rather than per request. A change made here is seen at once; one
+    // made by another process sharing the database (the CLI, another instance), within that.
+    const cache = yield* Ref.make<{ readonly rows: ReadonlyArray<KeyRow>; readonly at: number } | undefined>(undefined)
+    const activeRows = Effect.gen(function*() {
+      const at = yield* now
+      const cached = yield* Ref.get(cache)
+      if (cached !== undefined && at - cached.at < ACTIVE_KEYS_TTL_MS && at >= cached.at) return cached.rows
+      const rows = yield* readActive
+      yield* Ref.set(cache, { rows, at })
+      return rows
+    })
+    const forgetActive = Ref.set(cache, undefined)
 
     /** The key a secret's hash belongs to, revoked or not. */
     const holderOf = (digest: Buffer) =>
@@ -211,7 +228,7 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
             if (Option.isSome(yield* holderOf(digest))) return yield* inUse(name)
             yield* insert(name, unique, digest, at)
             yield* audited("api_key_created", name, unique)
-          }))
+          })).pipe(Effect.ensuring(forgetActive))
           return { key: new ApiKey({ name, scopes: unique, createdAt: at, revokedAt: null }), secret }
         }),
 
@@ -232,7 +249,7 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
             const revoked = toApiKey({ ...row, revoked_at: at })
             yield* audited("api_key_revoked", name, revoked.scopes)
             return revoked
-          }))
+          })).pipe(Effect.ensuring(forgetActive))
         }),
 
       verify: (secret) =>
@@ -250,8 +267,8 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
           return Option.map(Option.fromNullable(match), toApiKey)
         }).pipe(Effect.mapError(storeError("verify API key"))),
 
-      hasActive: sql<{ n: number }>`SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL`.pipe(
-        Effect.map((rows) => (rows[0]?.n ?? 0) > 0),
+      hasActive: activeRows.pipe(
+        Effect.map((rows) => rows.length > 0),
         Effect.mapError(storeError("count API keys"))
       ),
 
@@ -287,7 +304,7 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
               yield* audited("api_key_created", name, unique)
               ;(replaced.length > 0 ? updated : created).push(name)
             }
-          }))
+          })).pipe(Effect.ensuring(forgetActive))
           return { created, updated, revoked }
         }).pipe(Events.withActor("config"))
     }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ApiKeys, Crypto, TokenStore } from "@tessera/core"
-import { ConfigProvider, Context, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
+import { ConfigProvider, Context, Effect, Either, Layer, Option, Redacted, Schema, TestClock } from "effect"
 import * as crypto from "node:crypto"
 import { apiKeysLayer, describeEachDatabase } from "./utils/databases.js"
 import type { TestDatabase } from "./utils/databases.js"
@@ -41,6 +41,26 @@ describeEachDatabase("ApiKeys", (backend) => {
         expect(listed.map((key) => key.name)).toEqual(["deploy"])
         expect(JSON.stringify(listed)).not.toContain(secret)
       })))
+
+  it.scoped("a key revoked by another process sharing the database stops verifying within a second; one revoked here at once", () =>
+    Effect.gen(function*() {
+      const db = yield* backend.fresh
+      const key = yield* Crypto.generateKey
+      const here = Context.get(yield* Layer.build(keysOn(db, key)), ApiKeys.ApiKeys)
+      const elsewhere = Context.get(yield* Layer.build(keysOn(db, key)), ApiKeys.ApiKeys)
+      const ops = yield* here.create(name("ops"), ["admin"])
+      const ci = yield* here.create(name("ci"), ["read"])
+      expect(Option.isSome(yield* here.verify(ops.secret))).toBe(true)
+      yield* elsewhere.revoke("ops")
+      // read less than a second ago: still the keys as they were
+      yield* TestClock.adjust(ApiKeys.ACTIVE_KEYS_TTL_MS - 1)
+      expect(Option.isSome(yield* here.verify(ops.secret))).toBe(true)
+      yield* TestClock.adjust(1)
+      expect(Option.isNone(yield* here.verify(ops.secret))).toBe(true)
+      yield* here.revoke("ci")
+      expect(Option.isNone(yield* here.verify(ci.secret))).toBe(true)
+      expect(yield* here.hasActive).toBe(false)
+    }))
 
   it.effect("refuses a second active key of the same name, and short or reused secrets", () =>
     fresh((keys) =>
