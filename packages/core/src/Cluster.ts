@@ -2,8 +2,8 @@
  * Several instances on one PostgreSQL database (SPEC §9). Refresh leases, kept in the store,
  * already make one renewal per expiry across instances; this module adds the rest:
  * - a pool rotation shared through the database: the least recently used token that no
- *   instance has seen limited or invalid, claimed with `FOR UPDATE SKIP LOCKED`, so concurrent
- *   acquires on different instances never pick the same row at once;
+ *   instance has seen limited or invalid, claimed in turns per pool, so acquires on all
+ *   instances together rotate as one instance would;
  * - events every instance sees: each instance NOTIFYs its events on one channel and LISTENs
  *   for the others', takes up the state they describe from the store, then publishes them on
  *   its own hub (its `/events`, metrics and mirrors).
@@ -11,7 +11,7 @@
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Option, Queue, Schedule, Schema, Stream } from "effect"
+import { Clock, Effect, Layer, Option, Queue, Schedule, Schema, Stream } from "effect"
 import * as crypto from "node:crypto"
 import { StoreError } from "./Errors.js"
 import * as Events from "./Events.js"
@@ -29,27 +29,45 @@ const storeError = (operation: string) => (error: SqlError.SqlError) =>
 
 /**
  * Claims the pool's least recently used usable token: it has a token valid beyond the
- * hand-out margin, is not invalid, and is not rate-limited at `at`. Rows another instance is
- * claiming this instant are skipped rather than waited for.
+ * hand-out margin, is not invalid, and is not rate-limited at `at`. Claims of one pool take
+ * turns on a transaction-level advisory lock, so each sees the one before it: `SKIP LOCKED`
+ * alone would let a claim take a row another has just used (PostgreSQL re-checks a locked
+ * row's filter, not its order), and rotation would drift from least recently used. A claim
+ * records use, not a credential: it does not wait for its commit to reach the disk.
  */
 export const rotation: Effect.Effect<SharedRotationShape, never, SqlClient.SqlClient> = Effect.map(
   SqlClient.SqlClient,
-  (sql) => ({
-    claim: (pool, at) =>
-      sql<{ account_id: string }>`UPDATE token_state SET last_used_at = ${at}
-        WHERE account_id = (
-          SELECT t.account_id FROM token_state t JOIN accounts a ON a.account_id = t.account_id
-          WHERE a.pool = ${pool} AND t.token_enc IS NOT NULL AND t.invalid_reason IS NULL
-            AND (t.expires_at IS NULL OR t.expires_at > ${at + HANDOUT_MARGIN_MS})
-            AND NOT ((t.rl_limited = 1 OR t.rl_remaining = 0) AND t.rl_reset_at IS NOT NULL AND t.rl_reset_at > ${at})
-          ORDER BY t.last_used_at ASC NULLS FIRST, t.account_id
-          LIMIT 1
-          FOR UPDATE OF t SKIP LOCKED)
-        RETURNING account_id`.pipe(
+  (sql) => {
+    // One claim per pool at a time from this instance: the others wait here, not holding a
+    // connection that the rest of the service needs while they queue for the advisory lock.
+    const turns = new Map<string, Effect.Semaphore>()
+    const turnOf = (pool: string) => {
+      let turn = turns.get(pool)
+      if (turn === undefined) turns.set(pool, turn = Effect.unsafeMakeSemaphore(1))
+      return turn
+    }
+    return {
+    claim: (pool: string, asked: number) =>
+      turnOf(pool).withPermits(1)(sql.withTransaction(Effect.gen(function*() {
+        // the time of the claim itself: one that waited its turn must not look older than the one before
+        const at = Math.max(asked, yield* Clock.currentTimeMillis)
+        yield* sql`SET LOCAL synchronous_commit TO OFF`
+        yield* sql`SELECT pg_advisory_xact_lock(hashtext(${`tessera.pool:${pool}`}))`
+        return yield* sql<{ account_id: string }>`UPDATE token_state SET last_used_at = ${at}
+          WHERE account_id = (
+            SELECT t.account_id FROM token_state t JOIN accounts a ON a.account_id = t.account_id
+            WHERE a.pool = ${pool} AND t.token_enc IS NOT NULL AND t.invalid_reason IS NULL
+              AND (t.expires_at IS NULL OR t.expires_at > ${at + HANDOUT_MARGIN_MS})
+              AND NOT ((t.rl_limited = 1 OR t.rl_remaining = 0) AND t.rl_reset_at IS NOT NULL AND t.rl_reset_at > ${at})
+            ORDER BY t.last_used_at ASC NULLS FIRST, t.account_id
+            LIMIT 1)
+          RETURNING account_id`
+      }))).pipe(
         Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), (row) => row.account_id)),
         Effect.mapError(storeError("claim a pool token"))
       )
-  })
+    }
+  }
 )
 
 /** The shared rotation for the lifecycle's pools. */
@@ -98,7 +116,8 @@ const bridge = (pg: PgClient.PgClient) =>
 
     const announce = (event: Events.TokenEvent) => {
       const shown = event.detail.length > MAX_DETAIL ? new Events.TokenEvent({ ...event, detail: `${event.detail.slice(0, MAX_DETAIL)}…` }) : event
-      return pg.notify(CHANNEL, encodeAnnouncement({ origin, event: shown })).pipe(
+      // `pg_notify` rather than the client's `notify`: NOTIFY takes no bound parameters
+      return pg`SELECT pg_notify(${CHANNEL}, ${encodeAnnouncement({ origin, event: shown })})`.pipe(
         Effect.catchAll((error) => Effect.logWarning(`could not announce a ${event.type} event to other instances: ${error.message}`))
       )
     }

@@ -9,6 +9,7 @@
  * then published as events.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, Layer, Option, Redacted, Ref, Schedule } from "effect"
+import { identity } from "effect/Function"
 import * as crypto from "node:crypto"
 import { Account, NewAccount, OAuth2Source, sameSource, sourceKind } from "./Account.js"
 import type { AccountId, SourceConfig } from "./Account.js"
@@ -148,6 +149,9 @@ interface Actor {
 }
 
 type Mode = "ensure" | "force"
+
+/** How a commit carrying a rotated credential is tried again: about 3 s in all. */
+const ROTATED_SAVE_RETRIES = Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(5)))
 
 /** Whether two states hold the same token (the same value with the same expiry). */
 const sameRecord = (a: Option.Option<TokenRecord>, b: Option.Option<TokenRecord>): boolean =>
@@ -453,7 +457,10 @@ export const make = Effect.gen(function*() {
         })
         yield* commit(actor, next, [...notes, done], rotated).pipe(
           // The upstream has retired the refresh token this renewal used: presenting it again
-          // would revoke the grant. The new one is kept, and saved with the next commit.
+          // would revoke the grant. The new one must reach the store while this instance holds
+          // the lease (another would read the retired one), so the write is tried again a few
+          // times; failing that, the new one is kept, and saved with the next commit.
+          rotated === undefined ? identity : Effect.retry(ROTATED_SAVE_RETRIES),
           Effect.tapError(() =>
             rotated === undefined ? Effect.void : Effect.sync(() => {
               actor.unsaved = rotated
