@@ -21,7 +21,7 @@ import {
 } from "@effect/platform"
 import type { HttpApp } from "@effect/platform"
 import { NodeHttpClient, NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
-import { ApiKeys, Crypto, Events, Lifecycle, RedisMirror, Settings, TokenPool, TokenStore, Upstream } from "@tessera/core"
+import { ApiKeys, Cluster, Crypto, Events, Lifecycle, RedisMirror, Settings, TokenPool, TokenStore, Upstream } from "@tessera/core"
 import type { Errors } from "@tessera/core"
 import { Drivers } from "@tessera/providers"
 import { Cause, Effect, Layer, Option, Schema } from "effect"
@@ -325,8 +325,13 @@ const DeclaredAccountsLive = Layer.effect(Lifecycle.DeclaredAccounts, Drivers.ac
  * built-in sources and providers and the accounts the environment declares, and the Redis
  * mirror when `TESSERA_REDIS_URL` is set.
  */
-export const layerServicesConfig = RedisMirror.layerConfig({ tokenInfo: Wire.tokenInfo }).pipe(
+export const layerServicesConfig = Layer.mergeAll(
+  RedisMirror.layerConfig({ tokenInfo: Wire.tokenInfo }),
+  // instances sharing a PostgreSQL database see each other's events and share pool rotation
+  Cluster.layerEventsIfShared
+).pipe(
   Layer.provideMerge(Lifecycle.layer),
+  Layer.provideMerge(Cluster.layerRotationIfShared),
   Layer.provideMerge(Metrics.layer),
   Layer.provideMerge(Events.layerLogged),
   Layer.provideMerge(ApiKeys.layerConfig),
