@@ -2,8 +2,9 @@
  * The HTTP service, wired: `TesseraApi` implemented by `Handlers`, guarded by `Auth`, with
  * the OpenAPI document at `/openapi.json` and interactive docs at `/docs`, served by Node on
  * `TESSERA_HOST`:`TESSERA_PORT`. The edge turns every client mistake into a 4xx JSON error
- * (bodies that are not JSON or do not match the schema 400, bodies over the limit 413,
- * unknown routes 404) and anything unforeseen into a logged 500, so no input ends the process.
+ * (bodies of another media type 415, malformed, nested too deep or not matching the schema
+ * 400, over the limit 413, unknown routes 404, requests that are not HTTP 400 or 431) and
+ * anything unforeseen into a logged 500, so no input ends the process.
  * At start it registers the declared API keys; with none configured it serves only on
  * loopback (and says so), and refuses to listen anywhere else. On shutdown it stops
  * accepting, ends the event streams, lets open requests finish, then the lifecycle stops and
