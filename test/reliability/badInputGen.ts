@@ -47,7 +47,7 @@ const word = fc.string({ unit: alnum, minLength: 1, maxLength: 12 })
 const lowerWord = fc.string({ unit: lower, minLength: 1, maxLength: 12 })
 
 /** An account id or pool name of the right form that no account or pool has. */
-export const unknownName = lowerWord.map((w) => `no-such-${w}`)
+const unknownName = lowerWord.map((w) => `no-such-${w}`)
 
 /** Characters no account id (and no pool name) may contain. */
 const forbidden = fc.constantFrom(
@@ -266,8 +266,9 @@ const malformedJson = (sample: string) =>
 /** Nested deeper than any body of the API is: arrays or objects, at the top or in a field. */
 const deepJson = (field: string) =>
   fc.oneof(
-    int(33, 29_000).map((depth) => ({ open: "[", close: "]", depth })),
-    int(33, 9_000).map((depth) => ({ open: "{\"a\":", close: "}", depth }))
+    // mostly just past the limit, sometimes as deep as the body limit allows
+    fc.oneof({ arbitrary: int(33, 500), weight: 3 }, { arbitrary: int(501, 29_000), weight: 1 }).map((depth) => ({ open: "[", close: "]", depth })),
+    fc.oneof({ arbitrary: int(33, 500), weight: 3 }, { arbitrary: int(501, 9_000), weight: 1 }).map((depth) => ({ open: "{\"a\":", close: "}", depth }))
   ).chain(({ close, depth, open }) =>
     fc.boolean().map((inField) => {
       const inner = `${open.repeat(depth)}1${close.repeat(depth)}`
