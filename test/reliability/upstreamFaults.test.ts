@@ -919,12 +919,8 @@ describe("upstream faults (issue 6)", () => {
       outage(mode), { timeout: 120_000 })
   }
 
-  // KNOWN DEFECT (packages/core/src/Lifecycle.ts, `backgroundSchedule`): the background retry
-  // of a failing renewal waits its own exponential delay (1 s, 2 s, 4 s, …) and ignores the
-  // `retryAfterMs` the upstream's 429 carries, so an auth service that asked for 2 minutes of
-  // quiet is asked again after about a second. `.fails` until the schedule raises its delay to
-  // the error's `retryAfterMs` (as `Upstream.retrySchedule` does).
-  it.scoped.fails("KNOWN DEFECT: background retries honour the Retry-After of a 429 (120 s)", () =>
+  // The background retry of a failing renewal waits at least what the upstream's 429 asked for.
+  it.scoped("background retries honour the Retry-After of a 429 (120 s)", () =>
     Effect.gen(function*() {
       const times = yield* backgroundUnderRateLimit
       const gaps = times.slice(1).map((at, i) => at - times[i]!)
@@ -934,12 +930,9 @@ describe("upstream faults (issue 6)", () => {
       for (const wait of waits) expect(wait).toBeGreaterThanOrEqual(120 * SECOND)
     }), { timeout: 60_000 })
 
-  // KNOWN DEFECT (packages/core/src/Lifecycle.ts, `expiryDetail`): `update` (and `add`) accept
-  // any finite future `expiresAt`, and the event detail formats it with
-  // `new Date(at).toISOString()`, which throws a RangeError past year 275760 (8.64e15 ms): the
-  // library call dies instead of failing with `TokenRejected`. (The HTTP API checks the date
-  // first; a library caller or a custom source issuing such an expiry is not protected.)
-  it.scoped.fails("KNOWN DEFECT: an update with an expiry beyond any date fails with TokenRejected, not a defect", () =>
+  // An expiry no date can express (past year 275760) is refused by the library itself, not
+  // only by the HTTP API's date parsing.
+  it.scoped("an update with an expiry beyond any date fails with TokenRejected, not a defect", () =>
     Effect.gen(function*() {
       const auth = yield* AuthService.make({ now: yield* FakeServer.clockNow })
       const exit = yield* Effect.gen(function*() {

@@ -165,6 +165,19 @@ const canRenew = (source: TokenSource) => Option.isSome(source.obtain) || Option
 const lastError = (error: RenewError, at: number) =>
   new Token.LastError({ code: error._tag === "UpstreamError" ? error.kind : error._tag, message: error.message, at })
 
+/** A token's expiry is not believed beyond this: no date past it can even be written down. */
+const LATEST_EXPIRY_MS = 100 * 365 * 24 * 3_600_000
+
+/** What is wrong with an expiry given at `now`, if anything. */
+const expiryProblem = (expiresAt: number, now: number): string | undefined =>
+  !Number.isFinite(expiresAt)
+    ? "expires_at is not a time"
+    : expiresAt <= now
+    ? "expires_at must be a time in the future"
+    : expiresAt - now > LATEST_EXPIRY_MS
+    ? "expires_at is more than 100 years away"
+    : undefined
+
 const expiryDetail = (expiresAt: Option.Option<number>) =>
   Option.match(expiresAt, { onNone: () => "no expiry", onSome: (at) => `expires ${new Date(at).toISOString()}` })
 
@@ -274,8 +287,8 @@ export const make = Effect.gen(function*() {
     if (!isWellFormedToken(issued.token)) return malformed("the upstream issued an empty or malformed token")
     if (Option.isSome(issued.expiresAt)) {
       const expiresAt = issued.expiresAt.value
-      if (!Number.isFinite(expiresAt)) return malformed("the upstream gave an unreadable expiry")
-      if (expiresAt <= at) return malformed("the upstream issued a token that has already expired")
+      const problem = expiryProblem(expiresAt, at)
+      if (problem !== undefined) return malformed(`the upstream issued an unusable expiry: ${problem}`)
     }
     return Effect.succeed(issued)
   }
@@ -510,6 +523,11 @@ export const make = Effect.gen(function*() {
   const backgroundSchedule = Schedule.exponential(policy.baseDelay).pipe(
     Schedule.jittered,
     Schedule.modifyDelay((_, delay) => Duration.min(delay, settings.backgroundRetryMax)),
+    Schedule.intersect(Schedule.identity<RenewError>()),
+    // an upstream that asked for quiet (429 Retry-After) gets it
+    Schedule.modifyDelay(([, error], delay) =>
+      error._tag === "UpstreamError" && error.retryAfterMs !== null ? Duration.max(delay, Duration.millis(error.retryAfterMs)) : delay
+    ),
     Schedule.whileInput((error: RenewError) =>
       (error._tag === "UpstreamError" && (isRetryable(error) || error.kind === "rejected" || error.kind === "malformed")) ||
       error._tag === "StoreError"
@@ -641,8 +659,9 @@ export const make = Effect.gen(function*() {
         const reject = (reason: string, upstreamStatus: number | null = null) =>
           new TokenRejected({ accountId: id, reason, upstreamStatus })
         if (!isWellFormedToken(token)) return yield* reject("the token is empty or contains spaces or control characters")
-        if (options.expiresAt !== undefined && (!Number.isFinite(options.expiresAt) || options.expiresAt <= at)) {
-          return yield* reject("expires_at must be a time in the future")
+        if (options.expiresAt !== undefined) {
+          const problem = expiryProblem(options.expiresAt, at)
+          if (problem !== undefined) return yield* reject(problem)
         }
         let username = Option.none<string>()
         if (options.validate !== false) {
@@ -752,7 +771,8 @@ export const make = Effect.gen(function*() {
         if (initial !== undefined) {
           const reject = (reason: string) => new TokenRejected({ accountId: input.id, reason, upstreamStatus: null })
           if (!isWellFormedToken(initial.token)) return yield* reject("the token is empty or contains spaces or control characters")
-          if (initial.expiresAt !== undefined && initial.expiresAt <= at) return yield* reject("expires_at must be a time in the future")
+          const problem = initial.expiresAt === undefined ? undefined : expiryProblem(initial.expiresAt, at)
+          if (problem !== undefined) return yield* reject(problem)
         }
         const account = accountFrom(input, at)
         const state = initialState(account, initial)
