@@ -812,13 +812,13 @@ const outage = (mode: AuthService.DownMode) =>
         const mine = auth.requests().filter((request) => request.path.includes(`/${id}/`))
         const lastFailed = Math.max(...mine.filter((request) => request.at < upAt).map((request) => request.at))
         const recoveredAt = mine.find((request) => request.at >= upAt)!.at
+        // The renewal under way when the service came back succeeded at its next request (the
+        // fallback fetch may bring the service's unchanged token, which the scheduler, or this
+        // get, then refreshes at once, being inside its window).
+        const fresh = Redacted.value((yield* driver.awaiting(lifecycle.get(id))).value.token)
         const info = yield* lifecycle.info(id)
         expect(info.lastError, id).toBeNull()
-        // The renewal under way when the service came back succeeded at its next request (the
-        // fallback fetch may bring the service's unchanged token, which the scheduler then
-        // refreshes at once, being inside its window).
         expect(info.lastRefreshedAt!, `${id} renewed at its first attempt after the outage`).toBeGreaterThanOrEqual(recoveredAt)
-        const fresh = Redacted.value((yield* lifecycle.get(id)).token)
         expect(fresh, id).toBe(auth.account(id)!.token)
         expect(fresh, id).not.toBe(held.get(id))
         expect(info.expiresAt, id).toBe(auth.account(id)!.expiresAt.getTime())

@@ -150,6 +150,9 @@ interface Actor {
 
 type Mode = "ensure" | "force"
 
+/** How long a caller with a still-usable token waits for its renewal before it is served that token. */
+const RENEWAL_WAIT = Duration.seconds(2)
+
 /** How a commit carrying a rotated credential is tried again: about 3 s in all. */
 const ROTATED_SAVE_RETRIES = Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(5)))
 
@@ -601,7 +604,17 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const retrying = (yield* FiberMap.has(background, actor.id)) && !(yield* flightOf(actor).running)
       if (retrying && Token.servable(current, yield* now)) return current
-      const renewed = yield* Effect.either(renewOnce(actor, "ensure"))
+      // A caller holding a token it can still use waits a little for the renewal, not for a
+      // slow upstream's every retry: the renewal goes on without it.
+      const renewal = renewOnce(actor, "ensure")
+      const waited = Token.servable(current, yield* now)
+        ? yield* Effect.timeoutOption(Effect.either(renewal), RENEWAL_WAIT)
+        : Option.some(yield* Effect.either(renewal))
+      if (Option.isNone(waited)) {
+        yield* runInBackground(actor)
+        return current
+      }
+      const renewed = waited.value
       if (renewed._tag === "Right") return renewed.right
       const state = yield* Ref.get(actor.state)
       const at = yield* now
