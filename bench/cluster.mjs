@@ -1,26 +1,36 @@
 // PostgreSQL acquire benchmark (SPEC §9): requests per second and p50/p99 latency of
 // `POST /pools/github/acquire` over a pool of 100 static tokens, side by side in one run:
 //   sqlite   one `tessera serve` on a SQLite file (the baseline: the pool rotates in memory)
+//   sqlite3  (rotation check only, the control) the baseline and two more instances on its file
 //   pg1      one `tessera serve` on a fresh PostgreSQL database
 //   pg3      three `tessera serve` on one fresh PostgreSQL database (same encryption key,
 //            distinct TESSERA_INSTANCE_ID), loaded at once: one autocannon per instance, the
 //            connections split over them, requests/s summed, latencies pooled
 // On PostgreSQL every acquire is a claim in the database (core's Cluster.rotation: the pool's
 // least recently used token across all instances, claims of a pool taking turns on an
-// advisory lock), so the three instances rotate as one would. How evenly they did is read
-// back from the audit log once they have stopped (each instance writes its `acquired`
-// records, with a count, before it exits): the fewest and most acquires of any of the 100
-// tokens over the whole case (checks, warm-up and timed run), against the even share. The
-// audited total must cover every 2xx answer counted by the load generator.
+// advisory lock), so three instances should rotate as one would. Two measures of that:
+// - the rotation check, which each case runs first (it is also its warm-up): 2 × 100
+//   acquires and nothing else, spread over the instances in turn, 32 at a time; a rotation
+//   as one instance's hands each token out exactly twice (…RotationMin = …RotationMax = 2).
+//   Instances sharing a SQLite file rotate each on its own: the control shows what the
+//   check sees then;
+// - the spread over the whole case, read back from the audit log once the instances have
+//   stopped (each writes its `acquired` records, with counts, before it exits): the fewest
+//   and most acquires of any token (…PerTokenMin/Max) against the even share. A request cut
+//   off when the load generator stops can have claimed a token it never hands out: that
+//   token misses one turn. The audited total must cover every 2xx answer (…Unaudited = 0).
+// During the rotation check a trigger records the stamps claims write, in commit order:
+// …RotationOutOfOrder counts the claims stamped earlier than the one before them (0 for a
+// rotation as one instance's; a token stamped early comes round again before its turn).
 //
-// Every answer must be 2xx (warm-ups included): `non2xx` and `errors` must be 0. The section
-// is skipped, with a message, when PostgreSQL does not answer. Each PostgreSQL case gets a
-// database of its own (`tessera_bench_<random>`), dropped WITH (FORCE) afterwards, even on
-// failure; children and temporary directories are removed likewise.
+// Every answer must be 2xx: `non2xx` and `errors` must be 0. The section is skipped, with a
+// message, when PostgreSQL does not answer. Each PostgreSQL case gets a database of its own
+// (`tessera_bench_<random>`), dropped WITH (FORCE) afterwards, even on failure; children and
+// temporary directories are removed likewise.
 //
 // Settings: BENCH_PG_URL (an admin connection, default postgres://postgres@127.0.0.1:5432/postgres;
-// the benchmark databases are created on the same server), and BENCH_HTTP_DURATION,
-// BENCH_HTTP_WARMUP, BENCH_HTTP_CONNECTIONS (see harness.mjs).
+// the benchmark databases are created on the same server), BENCH_PG_ROUNDS (the rotation
+// check's rounds, default 2), and BENCH_HTTP_DURATION, BENCH_HTTP_CONNECTIONS (see harness.mjs).
 import pg from "pg"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
@@ -29,6 +39,7 @@ import * as path from "node:path"
 import {
   ACCOUNT_IDS,
   ACQUIRE,
+  acquireRounds,
   checkPool,
   CONNECTIONS,
   DURATION,
@@ -42,6 +53,7 @@ import {
 
 const ADMIN_URL = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
 const INSTANCES = 3
+const ROUNDS = Number(process.env.BENCH_PG_ROUNDS ?? 2)
 
 /** The URL of `database` on the admin URL's server, as the same user. */
 const databaseUrl = (database) => {
@@ -116,6 +128,53 @@ const auditedSpread = (url) =>
   })
 
 /**
+ * Records, while it runs, the last-use stamp each claim writes, in the order the claims
+ * commit (a trigger on the benchmark's own database), so a rotation check can count claims
+ * stamped earlier than the claim before them: such a token looks less recently used than
+ * it is and comes round again early. `stop` removes it and gives that count.
+ */
+const traceClaims = async (url) => {
+  await withClient(url, (client) =>
+    client.query(`
+      CREATE TABLE bench_claims (seq BIGSERIAL PRIMARY KEY, stamp BIGINT NOT NULL);
+      CREATE FUNCTION bench_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO bench_claims (stamp) VALUES (NEW.last_used_at); RETURN NEW; END $$;
+      CREATE TRIGGER bench_claims AFTER UPDATE OF last_used_at ON token_state
+        FOR EACH ROW WHEN (NEW.last_used_at IS DISTINCT FROM OLD.last_used_at) EXECUTE FUNCTION bench_claim();`))
+  return {
+    stop: () =>
+      withClient(url, async (client) => {
+        await client.query("DROP TRIGGER bench_claims ON token_state; DROP FUNCTION bench_claim()")
+        const { rows } = await client.query("SELECT stamp FROM bench_claims ORDER BY seq")
+        let outOfOrder = 0
+        for (let i = 1; i < rows.length; i++) if (Number(rows[i].stamp) < Number(rows[i - 1].stamp)) outOfOrder++
+        return { claims: rows.length, outOfOrder }
+      })
+  }
+}
+
+/**
+ * The rotation check: how many times each token was handed out in `ROUNDS` × 100 acquires
+ * over `urls`, under `label…`. It also warms the servers up, in place of the timed warm-up.
+ * Returns its 2xx answers and its other answers.
+ */
+const rotationCheck = async (label, urls, results) => {
+  const rotation = await acquireRounds(urls, ROUNDS)
+  results[`${label}RotationMin`] = rotation.min
+  results[`${label}RotationMax`] = rotation.max
+  for (const failure of rotation.failures.slice(0, 5)) console.error(`postgres acquire ${label}, rotation check: ${failure}`)
+  return { answered2xx: rotation.answered, failed: rotation.failures.length }
+}
+
+/** The timed run spread over `urls` (no warm-up: the rotation check was one). */
+const timedRun = async (label, urls, results) => {
+  const targets = urls.map((url) => ({ url, requests: ACQUIRE }))
+  const measured = await measure(label, targets, results, { warmUp: false })
+  if (urls.length > 1) results[`${label}InstanceRps`] = measured.perTarget.map((rps) => Math.round(rps).toLocaleString("en-US")).join(" / ")
+  return measured
+}
+
+/**
  * Runs instances on a fresh database, loads them all at once, stops them, and reads back the
  * spread of acquires over the tokens: figures under `label…`.
  */
@@ -130,12 +189,17 @@ const postgresCase = (label, instances, key, results) =>
     try {
       const started = await startAll(specs, children)
       for (const tessera of started) await checkPool(tessera.url)
-      const targets = started.map((tessera) => ({ url: tessera.url, requests: ACQUIRE }))
-      const { perTarget, answered2xx } = await measure(label, targets, results)
-      if (instances > 1) results[`${label}InstanceRps`] = perTarget.map((rps) => Math.round(rps).toLocaleString("en-US")).join(" / ")
+      const urls = started.map((tessera) => tessera.url)
+      const trace = await traceClaims(url)
+      const rotation = await rotationCheck(label, urls, results)
+      const traced = await trace.stop()
+      results[`${label}RotationOutOfOrder`] = traced.outOfOrder
+      results[`${label}RotationClaims`] = traced.claims
+      const timed = await timedRun(label, urls, results)
+      results[`${label}Non2xx`] += rotation.failed
       for (const tessera of started) await stopTessera(tessera)
       const spread = await auditedSpread(url)
-      const answered = answered2xx + instances // the checks' acquires
+      const answered = timed.answered2xx + rotation.answered2xx + instances // and the pool checks' acquires
       results[`${label}PerTokenMin`] = spread.min
       results[`${label}PerTokenMax`] = spread.max
       results[`${label}PerTokenEven`] = Math.round((spread.total / POOL_SIZE) * 10) / 10
@@ -164,11 +228,21 @@ export const run = async () => {
   const results = { connections: CONNECTIONS, durationS: DURATION, pool: POOL_SIZE }
   try {
     // (a) the baseline: one instance on SQLite
-    const sqlite = await startTessera("tessera serve on SQLite", tesseraEnv({ TESSERA_DB: path.join(dir, "tessera.db") }))
+    const file = path.join(dir, "tessera.db")
+    const sqlite = await startTessera("tessera serve on SQLite", tesseraEnv({ TESSERA_DB: file }))
     children.push(sqlite)
     await checkPool(sqlite.url)
-    const { rps: sqliteRps } = await measure("sqlite", { url: sqlite.url, requests: ACQUIRE }, results)
-    await stopTessera(sqlite)
+    const sqliteRotation = await rotationCheck("sqlite", [sqlite.url], results)
+    const { rps: sqliteRps } = await timedRun("sqlite", [sqlite.url], results)
+    results.sqliteNon2xx += sqliteRotation.failed
+
+    // the control: two more instances on the same file, where each rotates on its own; the
+    // rotation check must see that (a check that cannot fail would vouch for nothing)
+    const more = await startAll([2, 3].map((i) => [`tessera serve ${i}/3 on SQLite`, tesseraEnv({ TESSERA_DB: file })]), children)
+    for (const tessera of more) await checkPool(tessera.url)
+    const control = await rotationCheck("sqlite3", [sqlite.url, ...more.map((tessera) => tessera.url)], results)
+    results.sqlite3RotationNon2xx = control.failed
+    for (const tessera of [sqlite, ...more]) await stopTessera(tessera)
 
     // (b) and (c): one, then three instances, each time on a database of their own
     const key = crypto.randomBytes(32).toString("base64")
@@ -177,7 +251,7 @@ export const run = async () => {
 
     results.pg1VsSqlitePct = Math.round((results.pg1Rps / sqliteRps) * 100)
     results.pg3VsPg1Pct = Math.round((results.pg3Rps / results.pg1Rps) * 100)
-    results.non2xx = results.sqliteNon2xx + results.pg1Non2xx + results.pg3Non2xx
+    results.non2xx = results.sqliteNon2xx + results.sqlite3RotationNon2xx + results.pg1Non2xx + results.pg3Non2xx
     results.errors = results.sqliteErrors + results.pg1Errors + results.pg3Errors
     results.sectionS = Math.round((Date.now() - started) / 1_000)
   } finally {

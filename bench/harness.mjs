@@ -186,14 +186,15 @@ const loadAll = async (targets, seconds) => {
 const completedOf = (result) => result["1xx"] + result["2xx"] + result["3xx"] + result["4xx"] + result["5xx"]
 
 /**
- * Warm-up, then the timed run, against one target `{ url, requests }` or several at once
- * (their load summed): requests/s, p50/p99 (µs), non-2xx answers and socket errors, under
- * `label…` in `results`. Returns the requests/s, each target's, and how many 2xx answers the
- * targets gave in both runs.
+ * Warm-up (unless `warmUp` is false: the caller warmed the servers its own way), then the
+ * timed run, against one target `{ url, requests }` or several at once (their load summed):
+ * requests/s, p50/p99 (µs), non-2xx answers and socket errors, under `label…` in `results`.
+ * Returns the requests/s, each target's, and how many 2xx answers the targets gave in both
+ * runs.
  */
-export const measure = async (label, targets, results) => {
+export const measure = async (label, targets, results, { warmUp = true } = {}) => {
   const all = Array.isArray(targets) ? targets : [targets]
-  const warm = await loadAll(all, WARMUP)
+  const warm = warmUp ? (await loadAll(all, WARMUP)).results : []
   const { results: timed, sorted } = await loadAll(all, DURATION)
   const perTarget = timed.map((result) => completedOf(result) / result.duration)
   const rps = perTarget.reduce((a, b) => a + b, 0)
@@ -202,15 +203,46 @@ export const measure = async (label, targets, results) => {
   results[`${label}P50Us`] = Math.round(percentile(sorted, 0.5) * 1_000)
   results[`${label}P99Us`] = Math.round(percentile(sorted, 0.99) * 1_000)
   results[`${label}Requests`] = sum(timed, completedOf)
-  results[`${label}Non2xx`] = sum(timed, (result) => result.non2xx) + sum(warm.results, (result) => result.non2xx)
-  results[`${label}Errors`] = sum([...timed, ...warm.results], (result) => result.errors + result.timeouts)
-  timed.concat(warm.results).forEach((result, i) => {
+  results[`${label}Non2xx`] = sum([...timed, ...warm], (result) => result.non2xx)
+  results[`${label}Errors`] = sum([...timed, ...warm], (result) => result.errors + result.timeouts)
+  timed.concat(warm).forEach((result, i) => {
     if (result.non2xx > 0 || result.errors > 0 || result.timeouts > 0) {
       const run = i < timed.length ? "timed run" : "warm-up"
       console.error(`bench ${label} (${run}, ${all[i % all.length].url}): status codes ${JSON.stringify(result.statusCodeStats)}, errors ${result.errors}, timeouts ${result.timeouts}`)
     }
   })
-  return { rps, perTarget, answered2xx: sum([...timed, ...warm.results], (result) => result["2xx"]) }
+  return { rps, perTarget, answered2xx: sum([...timed, ...warm], (result) => result["2xx"]) }
+}
+
+/**
+ * `rounds` × the pool's size acquires and nothing else, spread over `urls` in turn,
+ * `CONNECTIONS` at a time, each awaited: how many times each pool token was handed out. A
+ * rotation that serves the least recently used token hands every token out exactly `rounds`
+ * times, however the acquires interleave. Also the answers that were not 200 (with the
+ * first few, for the report).
+ */
+export const acquireRounds = async (urls, rounds) => {
+  const total = rounds * POOL_SIZE
+  const counts = new Map(ACCOUNT_IDS.map((id) => [id, 0]))
+  const failures = []
+  let next = 0
+  const worker = async () => {
+    while (next < total) {
+      const url = urls[next++ % urls.length]
+      try {
+        const response = await fetch(`${url}/pools/github/acquire`, { method: "POST", headers: AUTH })
+        const text = await response.text()
+        const id = response.status === 200 ? JSON.parse(text).account_id : undefined
+        if (counts.has(id)) counts.set(id, counts.get(id) + 1)
+        else failures.push(`${url}: ${response.status} ${text.slice(0, 200)}`)
+      } catch (error) {
+        failures.push(`${url}: ${error.message}`)
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(CONNECTIONS, total) }, worker))
+  const perToken = [...counts.values()]
+  return { min: Math.min(...perToken), max: Math.max(...perToken), answered: perToken.reduce((a, b) => a + b, 0), failures }
 }
 
 /** A request through fetch, for the checks before the load: the JSON answer or an error. */
