@@ -49,10 +49,11 @@ export const rotation: Effect.Effect<SharedRotationShape, never, SqlClient.SqlCl
     return {
     claim: (pool: string, asked: number) =>
       turnOf(pool).withPermits(1)(sql.withTransaction(Effect.gen(function*() {
-        // the time of the claim itself: one that waited its turn must not look older than the one before
-        const at = Math.max(asked, yield* Clock.currentTimeMillis)
         yield* sql`SET LOCAL synchronous_commit TO OFF`
         yield* sql`SELECT pg_advisory_xact_lock(hashtext(${`tessera.pool:${pool}`}))`
+        // the time of the claim itself, read holding the lock: one that waited its turn (here or
+        // on another instance) must not look older than the one before it
+        const at = Math.max(asked, yield* Clock.currentTimeMillis)
         return yield* sql<{ account_id: string }>`UPDATE token_state SET last_used_at = ${at}
           WHERE account_id = (
             SELECT t.account_id FROM token_state t JOIN accounts a ON a.account_id = t.account_id
