@@ -874,6 +874,7 @@ export const make = Effect.gen(function*() {
         Effect.catchTag("AccountNotFound", () => Effect.void)
       ),
     flushInterval: settings.flushInterval,
+    auditEachAcquire: settings.auditAcquires === "each",
     shared: yield* SharedRotation,
     reload: (id) => service.reload(id)
   })

@@ -29,6 +29,12 @@ export interface SettingsShape {
    * unique per running process; generated unless `TESSERA_INSTANCE_ID` names it.
    */
   readonly instanceId: string
+  /**
+   * How acquires reach the audit log: `each` as a record of its own (the service's default),
+   * or `counted`, one record per key, account and flush with a count (the library's default:
+   * an application acquiring hundreds of thousands of times a second does not want a row each).
+   */
+  readonly auditAcquires: "each" | "counted"
 }
 
 export class Settings extends Context.Reference<Settings>()("@tessera/core/Settings", {
@@ -40,7 +46,8 @@ export class Settings extends Context.Reference<Settings>()("@tessera/core/Setti
     backgroundRetryMax: Duration.minutes(5),
     flushInterval: Duration.seconds(1),
     leaseTtl: Duration.seconds(30),
-    instanceId: generatedInstanceId()
+    instanceId: generatedInstanceId(),
+    auditAcquires: "counted"
   })
 }) {}
 
@@ -113,7 +120,8 @@ export const settingsConfig: Effect.Effect<SettingsShape, ConfigError.ConfigErro
     backgroundRetryMax: yield* duration("TESSERA_BACKGROUND_RETRY_MAX").pipe(Config.withDefault(Duration.minutes(5))),
     flushInterval: yield* duration("TESSERA_FLUSH_INTERVAL").pipe(Config.withDefault(Duration.seconds(1))),
     leaseTtl: yield* duration("TESSERA_LEASE_TTL").pipe(Config.withDefault(Duration.seconds(30))),
-    instanceId: yield* Config.nonEmptyString("TESSERA_INSTANCE_ID").pipe(Config.withDefault(generatedInstanceId()))
+    instanceId: yield* Config.nonEmptyString("TESSERA_INSTANCE_ID").pipe(Config.withDefault(generatedInstanceId())),
+    auditAcquires: yield* Config.literal("each", "counted")("TESSERA_AUDIT_ACQUIRES").pipe(Config.withDefault("each" as const))
   }
 })
 

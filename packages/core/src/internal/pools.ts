@@ -49,6 +49,8 @@ export interface Deps<A extends PoolActor> {
   /** SPEC §2.9 for a 401 seen in the pool. */
   readonly unauthorized: (actor: A, reason: string, token: Redacted.Redacted<string>) => Effect.Effect<void, StoreError>
   readonly flushInterval: Duration.Duration
+  /** Whether every acquire gets an audit record of its own, or one counts them per flush. */
+  readonly auditEachAcquire: boolean
   /** Rotation shared with other instances through the database, if any. */
   readonly shared: Option.Option<SharedRotationShape>
   /** Takes up the stored state of an account that another instance changed. */
@@ -72,6 +74,8 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     const dirty = new Set<A>()
     /** Acquires not yet in the audit log: by who acquired, then by account. */
     const acquires = new Map<string, Map<A, { count: number; first: number }>>()
+    /** Acquires not yet in the audit log, one by one (`auditEachAcquire`). */
+    let singles: Array<{ readonly who: string; readonly actor: A; readonly at: number }> = []
     /** Whether the flusher has been told there is work (told once per flush). */
     let signalled = false
 
@@ -135,13 +139,15 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
 
     const flush = Effect.gen(function*() {
       signalled = false
-      if (dirty.size === 0 && acquires.size === 0) return
+      if (dirty.size === 0 && acquires.size === 0 && singles.length === 0) return
       const actors = [...dirty]
       dirty.clear()
       const counted = [...acquires].flatMap(([who, byAccount]) =>
         [...byAccount].map(([actor, { count, first }]) => ({ who, actor, count, first }))
       )
       acquires.clear()
+      const single = singles
+      singles = []
       const usageOf = Effect.forEach(actors, (actor) =>
         Effect.gen(function*() {
           const pool = (yield* Ref.get(actor.account)).pool
@@ -157,17 +163,20 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       const locks = actors.map(deps.lock)
       const save = (usage: ReadonlyArray<{ readonly id: Account["id"]; readonly state: TokenState }>) =>
         deps.store.saveUsage(usage, audit)
-      const audit = counted.map(({ actor, count, first, who }) =>
+      const acquired = (who: string, actor: A, at: number, count: number) =>
         new Events.TokenEvent({
           type: "acquired",
           accountId: actor.id,
-          at: first,
+          at,
           actor: who,
           outcome: "success",
           detail: count === 1 ? "token handed out" : `token handed out ${count} times`,
           data: { count }
         })
-      )
+      const audit = [
+        ...counted.map(({ actor, count, first, who }) => acquired(who, actor, first, count)),
+        ...single.map(({ actor, at, who }) => acquired(who, actor, at, 1))
+      ]
       yield* Effect.acquireUseRelease(
         Effect.forEach(locks, (lock) => lock.take(1), { discard: true }),
         () => Effect.flatMap(usageOf, save),
@@ -178,6 +187,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
           Effect.gen(function*() {
             for (const actor of actors) dirty.add(actor)
             for (const entry of counted) countAcquire(entry.who, entry.actor, entry.first, entry.count)
+            singles = [...single, ...singles]
             signal()
             yield* Effect.logWarning(`could not save pool usage, will retry: ${error.message}`)
           })
@@ -193,6 +203,10 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     )
 
     const countAcquire = (who: string, actor: A, at: number, count = 1) => {
+      if (deps.auditEachAcquire && count === 1) {
+        singles.push({ who, actor, at })
+        return
+      }
       let byAccount = acquires.get(who)
       if (byAccount === undefined) {
         byAccount = new Map()
