@@ -113,11 +113,14 @@ const startAll = async (specs, children) => {
   return started.map((result) => result.value)
 }
 
-/** Acquires per pool token from the audit log at `url`: the fewest, the most, and all of them. */
+/**
+ * Acquires per pool token from the audit log at `url` (a record per acquire, or one that
+ * counts several): the fewest, the most, and all of them.
+ */
 const auditedSpread = (url) =>
   withClient(url, async (client) => {
     const { rows } = await client.query(
-      `SELECT account_id, SUM((data::json->>'count')::int)::int AS n FROM audit_log
+      `SELECT account_id, SUM(COALESCE((data::json->>'count')::int, 1))::int AS n FROM audit_log
         WHERE type = 'acquired' GROUP BY account_id`
     )
     const counts = new Map(rows.map((row) => [row.account_id, row.n]))
