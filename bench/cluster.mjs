@@ -9,7 +9,7 @@
 // On PostgreSQL every acquire is a claim in the database (core's Cluster.rotation: the pool's
 // least recently used token across all instances, claims of a pool taking turns on an
 // advisory lock), so three instances should rotate as one would. Two measures of that:
-// - the rotation check, which each case runs first (it is also its warm-up): 2 × 100
+// - the rotation check, which each case runs first, before its warm-up: 2 × 100
 //   acquires and nothing else, spread over the instances in turn, 32 at a time; a rotation
 //   as one instance's hands each token out exactly twice (…RotationMin = …RotationMax = 2).
 //   Instances sharing a SQLite file rotate each on its own: the control shows what the
@@ -30,7 +30,8 @@
 //
 // Settings: BENCH_PG_URL (an admin connection, default postgres://postgres@127.0.0.1:5432/postgres;
 // the benchmark databases are created on the same server), BENCH_PG_ROUNDS (the rotation
-// check's rounds, default 2), and BENCH_HTTP_DURATION, BENCH_HTTP_CONNECTIONS (see harness.mjs).
+// check's rounds, default 2), and BENCH_HTTP_DURATION, BENCH_HTTP_WARMUP, BENCH_HTTP_CONNECTIONS
+// (see harness.mjs).
 import pg from "pg"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
@@ -158,8 +159,7 @@ const traceClaims = async (url) => {
 
 /**
  * The rotation check: how many times each token was handed out in `ROUNDS` × 100 acquires
- * over `urls`, under `label…`. It also warms the servers up, in place of the timed warm-up.
- * Returns its 2xx answers and its other answers.
+ * over `urls`, under `label…`. Returns its 2xx answers and its other answers.
  */
 const rotationCheck = async (label, urls, results) => {
   const rotation = await acquireRounds(urls, ROUNDS)
@@ -169,10 +169,10 @@ const rotationCheck = async (label, urls, results) => {
   return { answered2xx: rotation.answered, failed: rotation.failures.length }
 }
 
-/** The timed run spread over `urls` (no warm-up: the rotation check was one). */
+/** Warm-up and timed run, spread over `urls`. */
 const timedRun = async (label, urls, results) => {
   const targets = urls.map((url) => ({ url, requests: ACQUIRE }))
-  const measured = await measure(label, targets, results, { warmUp: false })
+  const measured = await measure(label, targets, results)
   if (urls.length > 1) results[`${label}InstanceRps`] = measured.perTarget.map((rps) => Math.round(rps).toLocaleString("en-US")).join(" / ")
   return measured
 }

@@ -186,15 +186,14 @@ const loadAll = async (targets, seconds) => {
 const completedOf = (result) => result["1xx"] + result["2xx"] + result["3xx"] + result["4xx"] + result["5xx"]
 
 /**
- * Warm-up (unless `warmUp` is false: the caller warmed the servers its own way), then the
- * timed run, against one target `{ url, requests }` or several at once (their load summed):
- * requests/s, p50/p99 (µs), non-2xx answers and socket errors, under `label…` in `results`.
- * Returns the requests/s, each target's, and how many 2xx answers the targets gave in both
- * runs.
+ * Warm-up, then the timed run, against one target `{ url, requests }` or several at once
+ * (their load summed): requests/s, p50/p99 (µs), non-2xx answers and socket errors, under
+ * `label…` in `results`. Returns the requests/s, each target's, and how many 2xx answers the
+ * targets gave in both runs.
  */
-export const measure = async (label, targets, results, { warmUp = true } = {}) => {
+export const measure = async (label, targets, results) => {
   const all = Array.isArray(targets) ? targets : [targets]
-  const warm = warmUp ? (await loadAll(all, WARMUP)).results : []
+  const warm = (await loadAll(all, WARMUP)).results
   const { results: timed, sorted } = await loadAll(all, DURATION)
   const perTarget = timed.map((result) => completedOf(result) / result.duration)
   const rps = perTarget.reduce((a, b) => a + b, 0)
