@@ -11,7 +11,7 @@
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Clock, Effect, Layer, Option, Queue, Schedule, Schema, Stream } from "effect"
+import { Effect, Layer, Option, Queue, Schedule, Schema, Stream } from "effect"
 import * as crypto from "node:crypto"
 import { StoreError } from "./Errors.js"
 import * as Events from "./Events.js"
@@ -29,11 +29,11 @@ const storeError = (operation: string) => (error: SqlError.SqlError) =>
 
 /**
  * Claims the pool's least recently used usable token: it has a token valid beyond the
- * hand-out margin, is not invalid, and is not rate-limited at `at`. Claims of one pool take
- * turns on a transaction-level advisory lock, so each sees the one before it: `SKIP LOCKED`
- * alone would let a claim take a row another has just used (PostgreSQL re-checks a locked
- * row's filter, not its order), and rotation would drift from least recently used. A claim
- * records use, not a credential: it does not wait for its commit to reach the disk.
+ * hand-out margin, is not invalid, and is not rate-limited at `at`. The claim is one call of
+ * the database function `tessera_claim` (migration 0004): claims of one pool take turns on
+ * an advisory lock, each stamped later than the one before, so the instances together rotate
+ * as one would. (`FOR UPDATE SKIP LOCKED` alone lets a claim take a row another has just
+ * used: PostgreSQL re-checks a locked row's filter, not its order.)
  */
 export const rotation: Effect.Effect<SharedRotationShape, never, SqlClient.SqlClient> = Effect.map(
   SqlClient.SqlClient,
@@ -47,26 +47,13 @@ export const rotation: Effect.Effect<SharedRotationShape, never, SqlClient.SqlCl
       return turn
     }
     return {
-    claim: (pool: string, asked: number) =>
-      turnOf(pool).withPermits(1)(sql.withTransaction(Effect.gen(function*() {
-        yield* sql`SET LOCAL synchronous_commit TO OFF`
-        yield* sql`SELECT pg_advisory_xact_lock(hashtext(${`tessera.pool:${pool}`}))`
-        // the time of the claim itself, read holding the lock: one that waited its turn (here or
-        // on another instance) must not look older than the one before it
-        const at = Math.max(asked, yield* Clock.currentTimeMillis)
-        return yield* sql<{ account_id: string }>`UPDATE token_state SET last_used_at = ${at}
-          WHERE account_id = (
-            SELECT t.account_id FROM token_state t JOIN accounts a ON a.account_id = t.account_id
-            WHERE a.pool = ${pool} AND t.token_enc IS NOT NULL AND t.invalid_reason IS NULL
-              AND (t.expires_at IS NULL OR t.expires_at > ${at + HANDOUT_MARGIN_MS})
-              AND NOT ((t.rl_limited = 1 OR t.rl_remaining = 0) AND t.rl_reset_at IS NOT NULL AND t.rl_reset_at > ${at})
-            ORDER BY t.last_used_at ASC NULLS FIRST, t.account_id
-            LIMIT 1)
-          RETURNING account_id`
-      }))).pipe(
-        Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), (row) => row.account_id)),
-        Effect.mapError(storeError("claim a pool token"))
-      )
+      claim: (pool: string, at: number) =>
+        turnOf(pool).withPermits(1)(
+          sql<{ account_id: string | null }>`SELECT tessera_claim(${pool}, ${at}, ${at + HANDOUT_MARGIN_MS}) AS account_id`
+        ).pipe(
+          Effect.map((rows) => Option.fromNullable(rows[0]?.account_id)),
+          Effect.mapError(storeError("claim a pool token"))
+        )
     }
   }
 )

@@ -153,5 +153,40 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
       owner TEXT NOT NULL,
       expires_at ${t.integer} NOT NULL
     )`
+  }),
+  "0004_pool_claims": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Instances sharing a PostgreSQL database rotate a pool together (Cluster.ts): a claim
+    // takes the pool's turn (a transaction-level advisory lock), then stamps the least recently
+    // used usable token later than any before it, in one round trip. Each statement of a
+    // PL/pgSQL function reads what committed before it, so the claim after the lock sees the
+    // claim that held it. A claim records use, not a credential: its commit need not wait for
+    // the disk. SQLite has no shared rotation.
+    yield* sql.onDialectOrElse({
+      pg: () =>
+        sql`CREATE FUNCTION tessera_claim(p_pool TEXT, p_at BIGINT, p_usable_after BIGINT) RETURNS TEXT
+          LANGUAGE plpgsql AS ${
+          sql.literal(`$$
+DECLARE
+  stamp BIGINT;
+  claimed TEXT;
+BEGIN
+  PERFORM set_config('synchronous_commit', 'off', true);
+  PERFORM pg_advisory_xact_lock(hashtext('tessera.pool:' || p_pool));
+  SELECT GREATEST(p_at, COALESCE(MAX(t.last_used_at), 0) + 1) INTO stamp
+    FROM token_state t JOIN accounts a ON a.account_id = t.account_id WHERE a.pool = p_pool;
+  UPDATE token_state SET last_used_at = stamp WHERE account_id = (
+    SELECT t.account_id FROM token_state t JOIN accounts a ON a.account_id = t.account_id
+    WHERE a.pool = p_pool AND t.token_enc IS NOT NULL AND t.invalid_reason IS NULL
+      AND (t.expires_at IS NULL OR t.expires_at > p_usable_after)
+      AND NOT ((t.rl_limited = 1 OR t.rl_remaining = 0) AND t.rl_reset_at IS NOT NULL AND t.rl_reset_at > p_at)
+    ORDER BY t.last_used_at ASC NULLS FIRST, t.account_id
+    LIMIT 1)
+  RETURNING account_id INTO claimed;
+  RETURN claimed;
+END $$`)
+        }`.pipe(Effect.asVoid),
+      orElse: () => Effect.void
+    })
   })
 }
