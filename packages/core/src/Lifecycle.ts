@@ -290,6 +290,7 @@ export const make = Effect.gen(function*() {
     if (!isWellFormedToken(issued.token)) return malformed("the upstream issued an empty or malformed token")
     if (Option.isSome(issued.expiresAt)) {
       const expiresAt = issued.expiresAt.value
+      if (Number.isFinite(expiresAt) && expiresAt <= at) return malformed("the upstream issued a token that has already expired")
       const problem = expiryProblem(expiresAt, at)
       if (problem !== undefined) return malformed(`the upstream issued an unusable expiry: ${problem}`)
     }
