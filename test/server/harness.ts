@@ -7,7 +7,7 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Account, ApiKeys, Crypto, Events, Lifecycle, Settings, Source, TokenPool, TokenStore, Upstream } from "@tessera/core"
 import { Amp, GitHub as GitHubProvider, Upstox as UpstoxProvider } from "@tessera/providers"
-import { DateTime, Duration, Effect, Layer, Redacted, Schema } from "effect"
+import { Context, DateTime, Duration, Effect, Layer, Redacted, Schema } from "effect"
 import { AuthService, GitHub, Upstox } from "../fakes/index.js"
 import { waitUntil } from "../lifecycle/harness.js"
 import { Metrics, Server, ServerConfig } from "@tessera/server"
@@ -100,6 +100,8 @@ export interface Running {
   readonly pool: TokenPool.TokenPoolService
   readonly store: TokenStore.TokenStoreService
   readonly apiKeys: ApiKeys.ApiKeysService
+  /** Everything the server runs on, to build more of it in a test. */
+  readonly context: Context.Context<Layer.Layer.Success<ReturnType<typeof layer>>>
 }
 
 /**
@@ -133,6 +135,7 @@ export const start = (options: Options & { readonly keys?: boolean; readonly acc
       keys,
       lifecycle,
       apiKeys,
+      context,
       pool: yield* server(TokenPool.TokenPool),
       store: yield* server(TokenStore.TokenStore)
     } satisfies Running

@@ -9,7 +9,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql"
-import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted, Ref, Schema } from "effect"
+import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
 import * as crypto from "node:crypto"
 import type * as Crypto from "./Crypto.js"
 import { StoreError } from "./Errors.js"
@@ -101,6 +101,15 @@ export interface ApiKeysService {
   /** Whether any key is active: without one the service runs open on loopback. */
   readonly hasActive: Effect.Effect<boolean, StoreError>
   /**
+   * `hasActive` and `verify` at once and without an effect, for a server's hot path: answered
+   * only from the active keys read within the last `ACTIVE_KEYS_TTL_MS` of `now`, else
+   * undefined (then ask `verify`, which reads them again).
+   */
+  readonly unsafeVerifyCached: (
+    secret: string,
+    now: number
+  ) => { readonly anyActive: boolean; readonly key: Option.Option<ApiKey> } | undefined
+  /**
    * Registers declared keys: a new name is created, a known one with another secret is
    * replaced (the old secret revoked), changed scopes are updated. Running it again changes
    * nothing.
@@ -124,8 +133,22 @@ export const ACTIVE_KEYS_TTL_MS = 1_000
 export const generateSecret = (): Redacted.Redacted<string> =>
   Redacted.make(`${PREFIX}${crypto.randomBytes(32).toString("base64url")}`)
 
-const hash = (secret: Redacted.Redacted<string>): Buffer =>
-  crypto.createHash("sha256").update(Redacted.value(secret), "utf8").digest()
+const hash = (secret: Redacted.Redacted<string>): Buffer => hashText(Redacted.value(secret))
+const hashText = (secret: string): Buffer => crypto.createHash("sha256").update(secret, "utf8").digest()
+
+/**
+ * The active key whose hash is `presented`'s. Every active hash is compared, whatever matched
+ * before: the time taken says nothing about which key (or how much of one) was right.
+ */
+const matching = (rows: ReadonlyArray<ActiveKey>, presented: Buffer): Option.Option<ApiKey> => {
+  let match: ApiKey | undefined
+  for (const row of rows) {
+    if (row.hash.length === presented.length && crypto.timingSafeEqual(row.hash, presented) && match === undefined) {
+      match = row.key
+    }
+  }
+  return Option.fromNullable(match)
+}
 
 /** Why a secret cannot be a key, if it cannot. */
 const secretProblem = (secret: Redacted.Redacted<string>): Option.Option<string> => {
@@ -141,6 +164,12 @@ interface KeyRow {
   readonly key_hash: Uint8Array
   readonly created_at: number
   readonly revoked_at: number | null
+}
+
+/** An active key as `verify` holds it. */
+interface ActiveKey {
+  readonly hash: Buffer
+  readonly key: ApiKey
 }
 
 const toApiKey = (row: Omit<KeyRow, "key_hash">): ApiKey =>
@@ -184,16 +213,22 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
     // Every request is checked against the active keys, so they are read at most once per
     // ACTIVE_KEYS_TTL_MS rather than per request. A change made here is seen at once; one
     // made by another process sharing the database (the CLI, another instance), within that.
-    const cache = yield* Ref.make<{ readonly rows: ReadonlyArray<KeyRow>; readonly at: number } | undefined>(undefined)
+    // They are kept decoded: the stored hash as bytes, the key as `verify` answers it.
+    // A plain variable rather than a Ref, so the hot path can read it without an effect.
+    let cache: { readonly rows: ReadonlyArray<ActiveKey>; readonly at: number } | undefined
+    const fresh = (at: number) =>
+      cache !== undefined && at - cache.at < ACTIVE_KEYS_TTL_MS && at >= cache.at ? cache.rows : undefined
     const activeRows = Effect.gen(function*() {
       const at = yield* now
-      const cached = yield* Ref.get(cache)
-      if (cached !== undefined && at - cached.at < ACTIVE_KEYS_TTL_MS && at >= cached.at) return cached.rows
-      const rows = yield* readActive
-      yield* Ref.set(cache, { rows, at })
+      const cached = fresh(at)
+      if (cached !== undefined) return cached
+      const rows = (yield* readActive).map((row) => ({ hash: Buffer.from(row.key_hash), key: toApiKey(row) }))
+      cache = { rows, at }
       return rows
     })
-    const forgetActive = Ref.set(cache, undefined)
+    const forgetActive = Effect.sync(() => {
+      cache = undefined
+    })
 
     /** The key a secret's hash belongs to, revoked or not. */
     const holderOf = (digest: Buffer) =>
@@ -253,24 +288,18 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
         }),
 
       verify: (secret) =>
-        Effect.map(activeRows, (rows) => {
-          const presented = hash(secret)
-          // Every active hash is compared, whatever matched before: the time taken says nothing
-          // about which key (or how much of one) was right.
-          let match: KeyRow | undefined
-          for (const row of rows) {
-            const stored = Buffer.from(row.key_hash)
-            if (stored.length === presented.length && crypto.timingSafeEqual(stored, presented) && match === undefined) {
-              match = row
-            }
-          }
-          return Option.map(Option.fromNullable(match), toApiKey)
-        }).pipe(Effect.mapError(storeError("verify API key"))),
+        Effect.map(activeRows, (rows) => matching(rows, hash(secret))).pipe(Effect.mapError(storeError("verify API key"))),
 
       hasActive: activeRows.pipe(
         Effect.map((rows) => rows.length > 0),
         Effect.mapError(storeError("count API keys"))
       ),
+
+      unsafeVerifyCached: (secret, at) => {
+        const rows = fresh(at)
+        if (rows === undefined) return undefined
+        return { anyActive: rows.length > 0, key: rows.length === 0 ? Option.none() : matching(rows, hashText(secret)) }
+      },
 
       bootstrap: (declared) =>
         Effect.gen(function*() {

@@ -93,14 +93,18 @@ export const layer: Layer.Layer<Events> = Layer.scoped(
 export const describe = (event: TokenEvent): string =>
   `${event.type} ${event.accountId ?? "-"} ${event.outcome}${event.detail === "" ? "" : `: ${event.detail}`} (by ${event.actor})`
 
-/** The event hub, with every event also logged: subscribed as the hub is made, so none is missed. */
+/**
+ * The event hub, with every event also logged (`acquired` at debug level, the rest at info):
+ * subscribed as the hub is made, so none is missed.
+ */
 export const layerLogged: Layer.Layer<Events> = Layer.scoped(
   Events,
   Effect.gen(function*() {
     const events = yield* Layer.build(layer).pipe(Effect.map(Context.get(Events)))
     const subscription = yield* events.subscribe
     yield* Queue.take(subscription).pipe(
-      Effect.flatMap((event) => Effect.logInfo(describe(event))),
+      // Hand-outs are routine (one per acquire, kept in the audit log): the rest is news.
+      Effect.flatMap((event) => event.type === "acquired" ? Effect.logDebug(describe(event)) : Effect.logInfo(describe(event))),
       Effect.forever,
       Effect.forkScoped
     )

@@ -219,8 +219,10 @@ export const make = Effect.gen(function*() {
 
   /** The public view; a pool's record of the last hand-out is fresher than the saved state. */
   const infoOf = (actor: Actor): Effect.Effect<TokenInfo> =>
-    Effect.all([Ref.get(actor.account), Ref.get(actor.state), now]).pipe(
-      Effect.map(([account, state, at]) => {
+    // nested rather than `Effect.all`: this runs on every status request
+    Effect.flatMap(Ref.get(actor.account), (account) =>
+      Effect.flatMap(Ref.get(actor.state), (state) =>
+        Effect.map(now, (at) => {
         const used = pools.usedAt(actor, account.pool)
         const fresher = used !== undefined && used > Option.getOrElse(state.lastUsedAt, () => 0)
         const shown = fresher ? { ...state, lastUsedAt: Option.some(used) } : state
@@ -233,8 +235,7 @@ export const make = Effect.gen(function*() {
           restored ? { ...shown, token: Option.some({ ...record, origin: "restored" as const }) } : shown,
           at
         )
-      })
-    )
+      })))
 
   /**
    * Writes a new state (and source, for a rotated credential) with its events, then makes it

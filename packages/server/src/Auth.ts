@@ -30,6 +30,8 @@ export const DENIED_EVENT: Events.EventType = "access_denied"
 export interface ThrottleService {
   /** When the address may try again, if it is shut out now. */
   readonly blockedUntil: (client: string) => Effect.Effect<Option.Option<number>>
+  /** `blockedUntil` at `now`, without an effect (the fast lane's check). */
+  readonly unsafeBlockedUntil: (client: string, now: number) => number | undefined
   /** Counts a failed authentication. */
   readonly failed: (client: string) => Effect.Effect<void>
 }
@@ -52,13 +54,14 @@ export const makeThrottle = (options: {
       seen.delete(client)
     }
   }
+  const blockedUntil = (client: string, now: number) => {
+    const entry = seen.get(client)
+    if (entry === undefined || entry.start + windowMs <= now || entry.count < options.limit) return undefined
+    return entry.start + windowMs
+  }
   return {
-    blockedUntil: (client) =>
-      Effect.map(Clock.currentTimeMillis, (now) => {
-        const entry = seen.get(client)
-        if (entry === undefined || entry.start + windowMs <= now || entry.count < options.limit) return Option.none()
-        return Option.some(entry.start + windowMs)
-      }),
+    blockedUntil: (client) => Effect.map(Clock.currentTimeMillis, (now) => Option.fromNullable(blockedUntil(client, now))),
+    unsafeBlockedUntil: blockedUntil,
     failed: (client) =>
       Effect.map(Clock.currentTimeMillis, (now) => {
         const entry = seen.get(client)
@@ -88,14 +91,23 @@ const MAX_AUDITED_PATH = 200
 
 const isAccountId = Schema.is(Account.AccountId)
 
-/** The `Retry-After` header (whole seconds, at least 1) on whatever this request is answered with. */
+/** A `Retry-After` value: whole seconds from `now` to `retryAt`, at least 1. */
+export const retryAfterSeconds = (retryAt: number, now: number) => String(Math.max(1, Math.ceil((retryAt - now) / 1000)))
+
+/** The `Retry-After` header on whatever this request is answered with. */
 export const retryAfter = (retryAt: number) =>
   Effect.flatMap(Clock.currentTimeMillis, (now) => {
-    const seconds = String(Math.max(1, Math.ceil((retryAt - now) / 1000)))
+    const seconds = retryAfterSeconds(retryAt, now)
     return HttpApp.appendPreResponseHandler((_, response) =>
       Effect.succeed(HttpServerResponse.setHeader(response, "retry-after", seconds))
     )
   })
+
+/** Whether an `Authorization` header has the form of a bearer key (what follows may still be unknown). */
+const isBearer = (header: string) => bearerPrefix.test(header) && header.replace(bearerPrefix, "").trim() !== ""
+
+/** Where the key starts in a bearer header, as the API's security scheme (`HttpApiSecurity.bearer`) cuts it. */
+const BEARER_LENGTH = "Bearer ".length
 
 const make = (scope: ApiKeys.Scope) =>
   Effect.gen(function*() {
@@ -149,7 +161,7 @@ const make = (scope: ApiKeys.Scope) =>
         }
         if (!(yield* keys.hasActive)) return LOCAL_ACTOR
         const header = request.headers["authorization"] ?? ""
-        if (!bearerPrefix.test(header) || header.replace(bearerPrefix, "").trim() === "") {
+        if (!isBearer(header)) {
           yield* throttle.failed(client)
           return yield* deny(
             401,
@@ -183,13 +195,43 @@ const make = (scope: ApiKeys.Scope) =>
     return { bearer: authenticate }
   })
 
-/** The three middlewares, over the keys, the store (for denials) and the counters. */
+/** The three middlewares, over the keys, the store (for denials), the counters and the failure counter. */
 export const layer: Layer.Layer<
   RequireRead | RequireToken | RequireAdmin,
   never,
-  ApiKeys.ApiKeys | TokenStore.TokenStore | Events.Events | Metrics | ServerConfig
+  ApiKeys.ApiKeys | TokenStore.TokenStore | Events.Events | Metrics | Throttle | Settings.Settings
 > = Layer.mergeAll(
   Layer.effect(RequireRead, make("read")),
   Layer.effect(RequireToken, make("token")),
   Layer.effect(RequireAdmin, make("admin"))
-).pipe(Layer.provide(layerThrottle))
+)
+
+/** The quick check's answer when the active keys in memory are too old to answer from. */
+export const UNKNOWN = Symbol.for("@tessera/server/Auth/UNKNOWN")
+
+/**
+ * The check of the fast lane (`FastLane`), without an effect: the actor of a request that
+ * passes authentication with nothing to record or count (its address not shut out, and a
+ * known key with `scope`, or no key configured at all), else undefined; `UNKNOWN` when the
+ * active keys were last read over a second ago (read them with `ApiKeys.hasActive`, then
+ * ask again). A request it refuses goes to the middleware above, which answers and records
+ * it; this check changes nothing, so that costs nothing twice.
+ */
+export const makeQuickCheck = Effect.gen(function*() {
+  const keys = yield* ApiKeys.ApiKeys
+  const throttle = yield* Throttle
+  return (
+    scope: ApiKeys.Scope,
+    authorization: string | undefined,
+    client: string,
+    now: number
+  ): string | undefined | typeof UNKNOWN => {
+    if (throttle.unsafeBlockedUntil(client, now) !== undefined) return undefined
+    const header = authorization ?? ""
+    const known = keys.unsafeVerifyCached(isBearer(header) ? header.slice(BEARER_LENGTH) : "", now)
+    if (known === undefined) return UNKNOWN
+    if (!known.anyActive) return LOCAL_ACTOR
+    if (!isBearer(header) || Option.isNone(known.key)) return undefined
+    return ApiKeys.allows(known.key.value, scope) ? known.key.value.name : undefined
+  }
+})

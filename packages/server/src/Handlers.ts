@@ -10,7 +10,8 @@ import { HttpApiBuilder, HttpServer, HttpServerResponse } from "@effect/platform
 import { Account, Events, Lifecycle, Settings, TokenPool, TokenStore, Upstream } from "@tessera/core"
 import type { Errors } from "@tessera/core"
 import { Static } from "@tessera/providers"
-import { Clock, Context, DateTime, Deferred, Effect, Either, Layer, Option, Schedule, Schema, Stream } from "effect"
+import { Clock, Context, Data, DateTime, Deferred, Effect, Either, Layer, Option, Schedule, Schema, Stream } from "effect"
+import type { Duration } from "effect"
 import { TesseraApi } from "./Api.js"
 import * as ApiError from "./ApiError.js"
 import { retryAfter } from "./Auth.js"
@@ -78,6 +79,9 @@ export const layerDraining: Layer.Layer<Draining, never, HttpServer.HttpServer> 
 )
 
 // --- shared pieces ------------------------------------------------------------------------
+
+/** What the handlers run on. */
+export type Services = Effect.Effect.Context<typeof services>
 
 const services = Effect.gen(function*() {
   return {
@@ -263,16 +267,53 @@ export const AccountsLive = HttpApiBuilder.group(TesseraApi, "accounts", (handle
 
 // --- pools --------------------------------------------------------------------------------
 
+// On every acquire: a constant-time check, not a summary of the pool
+const existingPool = (pool: TokenPool.TokenPoolService) => (name: string) =>
+  Effect.flatMap(pool.exists(name), (exists) =>
+    exists ? Effect.void : Effect.fail(ApiError.notFound("pool_not_found", `pool '${name}' does not exist`)))
+
+/** An exhausted pool's answer, with the instant its `Retry-After` header counts down to. */
+export class Exhausted extends Data.TaggedError("Exhausted")<{
+  readonly answer: ApiError.TooManyRequests
+  readonly retryAt: number
+}> {}
+
+/**
+ * `POST /pools/{pool}/acquire` as both lanes answer it (the API's handler and `FastLane`):
+ * the lease, or the API's error, counted either way. Runs as the request's actor.
+ */
+export const makeAcquire = Effect.map(services, ({ metrics, pool, zone }) => {
+  const existing = existingPool(pool)
+  return (name: string, wait: Duration.DurationInput | undefined) =>
+    Effect.gen(function*() {
+      yield* existing(name)
+      const leased = yield* pool.acquire(name, { wait }).pipe(
+        Effect.tapError((error) => metrics.acquired(name, error._tag === "PoolExhausted" ? "exhausted" : "unusable"))
+      )
+      yield* metrics.acquired(name, "success")
+      return Wire.lease(leased, zone)
+    }).pipe(
+      Effect.catchTags({
+        PoolExhausted: (error) => {
+          const at = Wire.instant(error.retryAt, zone)
+          const answer = new ApiError.TooManyRequests({
+            error: { code: "pool_exhausted", message: error.message },
+            retry_at: at.utc,
+            retry_at_local: at.local
+          })
+          return Effect.fail(new Exhausted({ answer, retryAt: error.retryAt }))
+        },
+        NoUsableToken: (error) => Effect.fail(ApiError.unavailable("no_usable_token", error.message))
+      })
+    )
+})
+
 export const PoolsLive = HttpApiBuilder.group(TesseraApi, "pools", (handlers) =>
   Effect.gen(function*() {
-    const { lifecycle, metrics, pool, zone } = yield* services
-
+    const { lifecycle, pool, zone } = yield* services
+    const acquire = yield* makeAcquire
+    const existing = existingPool(pool)
     const summaryOf = pool.summary
-
-    // On every acquire: a constant-time check, not a summary of the pool
-    const existing = (name: string) =>
-      Effect.flatMap(pool.exists(name), (exists) =>
-        exists ? Effect.void : Effect.fail(ApiError.notFound("pool_not_found", `pool '${name}' does not exist`)))
 
     return handlers
       .handle("list", () =>
@@ -304,29 +345,8 @@ export const PoolsLive = HttpApiBuilder.group(TesseraApi, "pools", (handlers) =>
           return Wire.tokenInfo(added, zone)
         }).pipe(Effect.catchTags({ AccountExists: accountExists, TokenRejected: malformedToken, StoreError: storeFailed })))
       .handle("acquire", ({ path, urlParams }) =>
-        Effect.gen(function*() {
-          yield* existing(path.pool)
-          const leased = yield* pool.acquire(path.pool, { wait: urlParams.wait }).pipe(
-            Effect.tapError((error) => metrics.acquired(path.pool, error._tag === "PoolExhausted" ? "exhausted" : "unusable"))
-          )
-          yield* metrics.acquired(path.pool, "success")
-          return Wire.lease(leased, zone)
-        }).pipe(
-          Effect.catchTags({
-            PoolExhausted: (error) =>
-              Effect.gen(function*() {
-                yield* retryAfter(error.retryAt)
-                const at = Wire.instant(error.retryAt, zone)
-                return yield* Effect.fail(
-                  new ApiError.TooManyRequests({
-                    error: { code: "pool_exhausted", message: error.message },
-                    retry_at: at.utc,
-                    retry_at_local: at.local
-                  })
-                )
-              }),
-            NoUsableToken: (error) => Effect.fail(ApiError.unavailable("no_usable_token", error.message))
-          })
+        acquire(path.pool, urlParams.wait).pipe(
+          Effect.catchTag("Exhausted", ({ answer, retryAt }) => Effect.zipRight(retryAfter(retryAt), Effect.fail(answer)))
         ))
       .handle("report", ({ path, payload }) =>
         Effect.gen(function*() {

@@ -32,6 +32,7 @@ import type { Duplex } from "node:stream"
 import { TesseraApi } from "./Api.js"
 import * as ApiError from "./ApiError.js"
 import * as Auth from "./Auth.js"
+import * as FastLane from "./FastLane.js"
 import * as Handlers from "./Handlers.js"
 import * as Metrics from "./Metrics.js"
 import * as Wire from "./Wire.js"
@@ -273,8 +274,29 @@ const announce = (open: boolean) =>
       : Effect.logInfo("API keys are required: send Authorization: Bearer <key> (keys come from TESSERA_API_KEYS)")
   })
 
-const nodeServer = (host: string, port: number) =>
-  NodeHttpServer.layer(() => Http.createServer().on("clientError", answerUnparsable), { host, port }).pipe(
+/**
+ * Node's server for the API on `host`:`port`, with the fast lane in front of the API's
+ * handler (see `FastLane`). Requests that ask to upgrade the connection are plain requests
+ * here: the API has no WebSocket route.
+ */
+const nodeServer = (host: string, port: number, lane: (next: FastLane.Listener) => FastLane.Listener) =>
+  Layer.scoped(
+    HttpServer.HttpServer,
+    Effect.gen(function*() {
+      const node = Http.createServer().on("clientError", answerUnparsable)
+      const platform = yield* NodeHttpServer.make(() => node, { host, port })
+      return HttpServer.make({
+        address: platform.address,
+        serve: (app, middleware) =>
+          Effect.gen(function*() {
+            const listener = lane(yield* NodeHttpServer.makeHandler(app, middleware!))
+            yield* Effect.addFinalizer(() => Effect.sync(() => node.off("request", listener)))
+            node.on("request", listener)
+          })
+      })
+    })
+  ).pipe(
+    Layer.merge(NodeHttpServer.layerContext),
     Layer.catchAll((error) =>
       Layer.fail(
         new ListenFailed({
@@ -300,16 +322,24 @@ export const layer: Layer.Layer<
   | Events.Events
   | Metrics.Metrics
   | ServerConfig
+  | Settings.Settings
 > = Layer.unwrapScoped(
   Effect.gen(function*() {
     const open = yield* admit
     const config = yield* ServerConfig
-    const server = nodeServer(config.host, config.port)
+    // one count of failed authentications, which both lanes read
+    const throttle = Layer.succeed(
+      Auth.Throttle,
+      Auth.makeThrottle({ limit: config.authFailureLimit, window: config.authFailureWindow, clients: config.authFailureClients })
+    )
+    const lane = yield* FastLane.make.pipe(Effect.provide(throttle))
+    const server = nodeServer(config.host, config.port, lane)
     const http = HttpApiBuilder.serve().pipe(
       Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),
       Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
       Layer.provide(HttpApiBuilder.middleware(TesseraApi, edge)),
       Layer.provide(layerApi),
+      Layer.provide(throttle),
       Layer.provide(Handlers.layerDraining)
     )
     return Layer.mergeAll(http, Layer.effectDiscard(announce(open))).pipe(Layer.provideMerge(server))

@@ -7,7 +7,7 @@
  */
 import { Account, Events, Settings, Token } from "@tessera/core"
 import type { Lifecycle, TokenPool, TokenStore } from "@tessera/core"
-import { DateTime, Duration, Either, Option, ParseResult, Schema } from "effect"
+import { DateTime, Duration, Either, Option, ParseResult, Redacted, Schema } from "effect"
 
 // --- common -------------------------------------------------------------------------------
 
@@ -285,11 +285,53 @@ export const AuditParams = Schema.Struct({
 
 // --- from core ----------------------------------------------------------------------------
 
-/** An instant as the pair the API shows: UTC and local in `zone`. */
-export const instant = (at: number, zone: DateTime.TimeZone): { readonly utc: string; readonly local: string } => ({
-  utc: new Date(at).toISOString(),
-  local: DateTime.formatIsoOffset(DateTime.unsafeMakeZoned(at, { timeZone: zone }))
-})
+const QUARTER_HOUR_MS = 15 * 60_000
+/** How many quarter hours of offsets a zone's memo holds before it starts again. */
+const MAX_MEMO = 4_096
+const offsetMemo = new WeakMap<DateTime.TimeZone, Map<number, number>>()
+
+/**
+ * `zone`'s offset from UTC at `at`, in milliseconds. Asking the time-zone database is the
+ * slow part of showing a time (most of a token status answer's cost), and offsets change only
+ * at quarter-hour instants (every transition of the current rules does), so it is asked once
+ * per zone and quarter hour.
+ */
+const offsetAt = (at: number, zone: DateTime.TimeZone): number => {
+  if (zone._tag === "Offset") return zone.offset
+  let memo = offsetMemo.get(zone)
+  if (memo === undefined) offsetMemo.set(zone, memo = new Map())
+  const quarter = Math.floor(at / QUARTER_HOUR_MS)
+  let offset = memo.get(quarter)
+  if (offset === undefined) {
+    offset = DateTime.zonedOffset(DateTime.unsafeMakeZoned(quarter * QUARTER_HOUR_MS, { timeZone: zone }))
+    if (memo.size >= MAX_MEMO) memo.clear()
+    memo.set(quarter, offset)
+  }
+  return offset
+}
+
+const twoDigits = (n: number) => (n < 10 ? "0" : "") + n
+
+/** `+05:30`: an offset as ISO-8601 writes it (as `DateTime.formatIsoOffset` does). */
+const offsetText = (offset: number) => {
+  const abs = Math.abs(offset)
+  let hours = Math.floor(abs / 3_600_000)
+  let minutes = Math.round((abs % 3_600_000) / 60_000)
+  if (minutes === 60) (hours += 1), (minutes = 0)
+  return `${offset < 0 ? "-" : "+"}${twoDigits(hours)}:${twoDigits(minutes)}`
+}
+
+/**
+ * An instant as the pair the API shows: UTC and local in `zone`, the latter exactly as
+ * `DateTime.formatIsoOffset` writes it (`2026-11-23T22:10:58.861+05:30`).
+ */
+export const instant = (at: number, zone: DateTime.TimeZone): { readonly utc: string; readonly local: string } => {
+  const offset = offsetAt(at, zone)
+  return {
+    utc: new Date(at).toISOString(),
+    local: `${new Date(at + offset).toISOString().slice(0, -1)}${offsetText(offset)}`
+  }
+}
 
 const pair = (at: number | null | undefined, zone: DateTime.TimeZone) =>
   at === null || at === undefined ? { utc: null, local: null } : instant(at, zone)
@@ -408,6 +450,17 @@ export const lease = (leased: Token.Lease, zone: DateTime.TimeZone): typeof Leas
   ...rawToken(leased, zone),
   rate_limit: rateLimit(Option.getOrNull(leased.rateLimit), zone)
 })
+
+/**
+ * A token info as JSON text, without a pass through the schema: its encoded form is itself
+ * (every field is already JSON), so this is the text the API's encoder writes; a test holds
+ * the two to the same output for arbitrary infos.
+ */
+export const tokenInfoJson = (info: TokenInfo): string => JSON.stringify(info)
+
+/** A lease as JSON text, the token revealed: the text the API's encoder writes (a test holds them equal). */
+export const leaseJson = (leased: typeof Lease.Type): string =>
+  JSON.stringify({ ...leased, access_token: Redacted.value(leased.access_token) })
 
 export const pool = (summary: TokenPool.PoolSummary, zone: DateTime.TimeZone): typeof Pool.Type => {
   const reset = pair(summary.nextResetAt, zone)

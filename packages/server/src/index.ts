@@ -5,6 +5,7 @@
 export * as Api from "./Api.js"
 export * as ApiError from "./ApiError.js"
 export * as Auth from "./Auth.js"
+export * as FastLane from "./FastLane.js"
 export * as Handlers from "./Handlers.js"
 export * as Metrics from "./Metrics.js"
 export * as Server from "./Server.js"
