@@ -15,6 +15,7 @@
  */
 import { ApiKeys, Events, Lifecycle, Settings } from "@tessera/core"
 import { Cause, Clock, Effect, Exit, Option, Runtime, Schema } from "effect"
+import type { Fiber } from "effect"
 import type * as Http from "node:http"
 import * as ApiError from "./ApiError.js"
 import * as Auth from "./Auth.js"
@@ -27,6 +28,15 @@ interface Answer {
   readonly body: string
   readonly retryAfter?: string | undefined
 }
+
+/** An answer to run, and the runtime to run it in (the actor's). */
+interface Run {
+  readonly run: (effect: Effect.Effect<Option.Option<Answer>>) => Fiber.RuntimeFiber<Option.Option<Answer>>
+  readonly answer: Effect.Effect<Option.Option<Answer>>
+}
+
+/** More actors than any deployment has keys: the cache starts again past this. */
+const MAX_ACTOR_RUNTIMES = 1_024
 
 /** Not for this lane: the API answers it. */
 const PASS = Option.none<Answer>()
@@ -74,20 +84,34 @@ export const make: Effect.Effect<
   const authenticated = (
     scope: ApiKeys.Scope,
     request: Http.IncomingMessage,
-    answer: (actor: string) => Effect.Effect<Option.Option<Answer>>
-  ): Effect.Effect<Option.Option<Answer>> | undefined => {
+    answer: Effect.Effect<Option.Option<Answer>>
+  ): Run | undefined => {
     const client = request.socket.remoteAddress ?? "unknown"
     const check = () => quickCheck(scope, request.headers.authorization, client, clock.unsafeCurrentTimeMillis())
     const actor = check()
     if (actor === undefined) return undefined
-    if (actor !== Auth.UNKNOWN) return answer(actor)
-    return Effect.flatMap(Effect.either(keys.hasActive), () => {
+    if (actor !== Auth.UNKNOWN) return { run: runAs(actor), answer }
+    const afterReading = Effect.flatMap(Effect.either(keys.hasActive), () => {
       const again = check()
-      return again === undefined || again === Auth.UNKNOWN ? Effect.succeed(PASS) : answer(again)
+      return again === undefined || again === Auth.UNKNOWN
+        ? Effect.succeed(PASS)
+        : Effect.provideService(answer, Events.CurrentActor, again)
     })
+    return { run: runFork, answer: afterReading }
   }
   const acquire = yield* Handlers.makeAcquire
   const runFork = Runtime.runFork(runtime)
+  // A runtime per actor (one per API key), so a request does not copy the services to name its actor.
+  const actorRuns = new Map<string, Run["run"]>()
+  const runAs = (actor: string) => {
+    let run = actorRuns.get(actor)
+    if (run === undefined) {
+      if (actorRuns.size >= MAX_ACTOR_RUNTIMES) actorRuns.clear()
+      run = Runtime.runFork(Runtime.provideService(runtime, Events.CurrentActor, actor))
+      actorRuns.set(actor, run)
+    }
+    return run
+  }
 
   const status = (id: string): Effect.Effect<Option.Option<Answer>> =>
     lifecycle.info(id).pipe(
@@ -96,7 +120,8 @@ export const make: Effect.Effect<
       Effect.orElseSucceed(() => PASS)
     )
 
-  const lease = (pool: string, actor: string): Effect.Effect<Option.Option<Answer>> =>
+  /** Runs as the request's actor (see `runAs`). */
+  const lease = (pool: string): Effect.Effect<Option.Option<Answer>> =>
     acquire(pool, undefined).pipe(
       Effect.map((leased): Answer => ({ status: 200, body: Wire.leaseJson(leased) })),
       Effect.catchAll((error) =>
@@ -112,31 +137,30 @@ export const make: Effect.Effect<
               : { status: 503, body: encodeUnavailable(error) }
           )
       ),
-      Effect.map(Option.some),
-      Events.withActor(actor)
+      Effect.map(Option.some)
     )
 
-  /** The effect that answers a request, or undefined when it is not one for this lane. */
-  const route = (request: Http.IncomingMessage): Effect.Effect<Option.Option<Answer>> | undefined => {
+  /** The effect that answers a request and how to run it, or undefined when it is not one for this lane. */
+  const route = (request: Http.IncomingMessage): Run | undefined => {
     const url = request.url ?? ""
     if (url.includes("?") || hasBody(request)) return undefined
     if (request.method === "GET") {
       const id = STATUS_PATH.exec(url)?.[1]
       if (id === undefined || !isAccountId(id)) return undefined
-      return authenticated("read", request, () => status(id))
+      return authenticated("read", request, status(id))
     }
     if (request.method === "POST") {
       const pool = ACQUIRE_PATH.exec(url)?.[1]
       if (pool === undefined || !isPool(pool)) return undefined
-      return authenticated("token", request, (actor) => lease(pool, actor))
+      return authenticated("token", request, lease(pool))
     }
     return undefined
   }
 
   return (next: Listener): Listener => (request, response) => {
-    const answer = route(request)
-    if (answer === undefined) return next(request, response)
-    const fiber = runFork(answer)
+    const routed = route(request)
+    if (routed === undefined) return next(request, response)
+    const fiber = routed.run(routed.answer)
     fiber.addObserver((exit) => {
       if (Exit.isSuccess(exit)) return Option.isSome(exit.value) ? write(response, exit.value.value) : next(request, response)
       // A client that went away gets nothing; anything else is a bug, answered as the API's edge answers it.

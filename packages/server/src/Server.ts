@@ -328,10 +328,7 @@ export const layer: Layer.Layer<
     const open = yield* admit
     const config = yield* ServerConfig
     // one count of failed authentications, which both lanes read
-    const throttle = Layer.succeed(
-      Auth.Throttle,
-      Auth.makeThrottle({ limit: config.authFailureLimit, window: config.authFailureWindow, clients: config.authFailureClients })
-    )
+    const throttle = Layer.succeedContext(yield* Layer.build(Auth.layerThrottle))
     const lane = yield* FastLane.make.pipe(Effect.provide(throttle))
     const server = nodeServer(config.host, config.port, lane)
     const http = HttpApiBuilder.serve().pipe(
