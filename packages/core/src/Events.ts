@@ -102,9 +102,14 @@ export const layerLogged: Layer.Layer<Events> = Layer.scoped(
   Effect.gen(function*() {
     const events = yield* Layer.build(layer).pipe(Effect.map(Context.get(Events)))
     const subscription = yield* events.subscribe
-    yield* Queue.take(subscription).pipe(
-      // Hand-outs are routine (one per acquire, kept in the audit log): the rest is news.
-      Effect.flatMap((event) => event.type === "acquired" ? Effect.logDebug(describe(event)) : Effect.logInfo(describe(event))),
+    // Hand-outs are routine (one per acquire, kept in the audit log): the rest is news.
+    const log = (event: TokenEvent) =>
+      event.type === "acquired"
+        ? Effect.whenLogLevel(Effect.suspend(() => Effect.logDebug(describe(event))), "Debug")
+        : Effect.logInfo(describe(event))
+    // taken in batches: a busy pool publishes thousands of hand-outs a second
+    yield* Queue.takeBetween(subscription, 1, Number.MAX_SAFE_INTEGER).pipe(
+      Effect.flatMap((batch) => Effect.forEach(batch, log, { discard: true })),
       Effect.forever,
       Effect.forkScoped
     )

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Account, Events, Lifecycle, TokenStore } from "@tessera/core"
-import { Chunk, Effect, Queue, Redacted, Schema, TestClock } from "effect"
+import { Chunk, Effect, Logger, LogLevel, Queue, Redacted, Schema, TestClock } from "effect"
 import * as TestUpstream from "./utils/TestUpstream.js"
 
 const PASSWORD = "canary-password-7f3a9c"
@@ -66,5 +66,31 @@ describe("events and audit", () => {
         const audit = yield* store.audit({})
         expect(audit.map((e) => [e.type, e.actor])).toEqual([["refreshed", "scheduler"], ["account_added", "library"]])
       }).pipe(Effect.provide(TestUpstream.layer(upstream)))
+    }))
+
+  it.live("the logged hub logs every event, hand-outs only at debug level", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => {
+        lines.push(`${logLevel.label} ${Array.isArray(message) ? message.join(" ") : String(message)}`)
+      })
+      const publishBoth = Effect.gen(function*() {
+        const events = yield* Events.Events
+        const id = Schema.decodeSync(Account.AccountId)("gh-1")
+        yield* events.publish(yield* Events.make({ type: "acquired", accountId: id, detail: "token handed out" }))
+        yield* events.publish(yield* Events.make({ type: "refreshed", accountId: id }))
+        yield* Effect.sleep("50 millis")
+      })
+      const run = (level: LogLevel.LogLevel) =>
+        Effect.scoped(publishBoth.pipe(
+          Effect.provide(Events.layerLogged),
+          Effect.provide(Logger.replace(Logger.defaultLogger, logger)),
+          Logger.withMinimumLogLevel(level)
+        ))
+      yield* run(LogLevel.Info)
+      expect(lines).toEqual(["INFO refreshed gh-1 success (by library)"])
+      lines.length = 0
+      yield* run(LogLevel.Debug)
+      expect(lines).toEqual(["DEBUG acquired gh-1 success: token handed out (by library)", "INFO refreshed gh-1 success (by library)"])
     }))
 })

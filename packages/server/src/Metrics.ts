@@ -8,7 +8,7 @@
  */
 import { Events, Token } from "@tessera/core"
 import type { TokenPool } from "@tessera/core"
-import { Context, Effect, Layer, Queue } from "effect"
+import { Chunk, Context, Effect, Layer, Queue } from "effect"
 
 export type AcquireOutcome = "success" | "exhausted" | "unusable"
 
@@ -35,18 +35,22 @@ export const layer: Layer.Layer<Metrics, never, Events.Events> = Layer.scoped(
     const acquires = new Map<string, { pool: string; outcome: AcquireOutcome; count: number }>()
     const denied = new Map<number, number>()
 
-    const count = (event: Events.TokenEvent) =>
-      Effect.sync(() => {
-        const key = `${event.type}\u0000${event.outcome}`
-        const entry = events.get(key)
-        // A coalesced `acquired` record stands for `count` hand-outs.
-        const n = typeof event.data["count"] === "number" ? event.data["count"] : 1
-        if (entry === undefined) events.set(key, { type: event.type, outcome: event.outcome, count: n })
-        else entry.count += n
-      })
+    const count = (event: Events.TokenEvent) => {
+      const key = `${event.type}\u0000${event.outcome}`
+      const entry = events.get(key)
+      // A coalesced `acquired` record stands for `count` hand-outs.
+      const n = typeof event.data["count"] === "number" ? event.data["count"] : 1
+      if (entry === undefined) events.set(key, { type: event.type, outcome: event.outcome, count: n })
+      else entry.count += n
+    }
 
     const subscription = yield* hub.subscribe
-    yield* Queue.take(subscription).pipe(Effect.flatMap(count), Effect.forever, Effect.forkScoped)
+    // taken in batches: a busy pool publishes thousands of hand-outs a second
+    yield* Queue.takeBetween(subscription, 1, Number.MAX_SAFE_INTEGER).pipe(
+      Effect.flatMap((batch) => Effect.sync(() => Chunk.forEach(batch, count))),
+      Effect.forever,
+      Effect.forkScoped
+    )
 
     return {
       acquired: (pool, outcome) =>
