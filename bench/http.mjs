@@ -4,7 +4,8 @@
 //
 // Measured, each after a short warm-up, for a fixed duration at a fixed number of keep-alive
 // connections (autocannon in this process, so the load generator does not share the
-// servers' event loops):
+// servers' event loops), in BENCH_HTTP_ROUNDS rounds (default 2) of the three in turn, each
+// keeping its best round (every round's requests/s is reported too):
 //   bare      GET  /                                  `res.end(JSON.stringify({...}))`, ~490 B
 //   status    GET  /accounts/{id}/token/status        read scope, cycling over the 100 accounts
 //   acquire   POST /pools/github/acquire              token scope, a pool of 100 static tokens
@@ -41,6 +42,7 @@ import {
 } from "./harness.mjs"
 
 const PROFILE = process.env.BENCH_HTTP_PROFILE
+const ROUNDS = Number(process.env.BENCH_HTTP_ROUNDS ?? 2)
 
 /**
  * The bare baseline: parses nothing, answers every request with a JSON body shaped and sized
@@ -73,13 +75,9 @@ export const run = async () => {
   const children = []
   const results = { connections: CONNECTIONS, durationS: DURATION }
   try {
-    // 1. the bare baseline, alone on the machine
+    // the bare baseline and tessera serve, both started before any load
     const bare = await startChild("bare node:http server", ["-e", BARE_SERVER], {})
     children.push(bare)
-    const { rps: bareRps } = await measure("bare", { url: bare.url, requests: [{ method: "GET", path: "/" }] }, results)
-    await bare.stop()
-
-    // 2 and 3. tessera serve
     const tessera = await startTessera(
       "tessera serve",
       tesseraEnv({ TESSERA_DB: path.join(dir, "tessera.db") }),
@@ -90,11 +88,34 @@ export const run = async () => {
     const status = await call(tessera.url, "GET", `/accounts/${ACCOUNT_IDS[0]}/token/status`)
     if (status.account_id !== ACCOUNT_IDS[0]) throw new Error(`unexpected status answer ${JSON.stringify(status)}`)
 
-    const { rps: statusRps } = await measure("status", {
-      url: tessera.url,
-      requests: ACCOUNT_IDS.map((id) => ({ method: "GET", path: `/accounts/${id}/token/status`, headers: AUTH }))
-    }, results)
-    const { rps: acquireRps } = await measure("acquire", { url: tessera.url, requests: ACQUIRE }, results)
+    // ROUNDS rounds of bare, status, acquire (each alone on the machine), so a slow spell of
+    // this shared machine does not land on one of them only; each keeps its best round
+    const targets = {
+      bare: { url: bare.url, requests: [{ method: "GET", path: "/" }] },
+      status: {
+        url: tessera.url,
+        requests: ACCOUNT_IDS.map((id) => ({ method: "GET", path: `/accounts/${id}/token/status`, headers: AUTH }))
+      },
+      acquire: { url: tessera.url, requests: ACQUIRE }
+    }
+    const rounds = {}
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [label, target] of Object.entries(targets)) {
+        const measured = {}
+        await measure(label, target, measured)
+        const best = rounds[label]
+        if (best === undefined || measured[`${label}Rps`] > best[`${label}Rps`]) rounds[label] = measured
+        results[`${label}RpsByRound`] = [...(results[`${label}RpsByRound`] ?? []), measured[`${label}Rps`]]
+        for (const key of ["Non2xx", "Errors"]) results[`${label}${key}`] = (results[`${label}${key}`] ?? 0) + measured[`${label}${key}`]
+      }
+    }
+    for (const [label, best] of Object.entries(rounds)) {
+      for (const key of ["Rps", "P50Us", "P99Us", "Requests"]) results[`${label}${key}`] = best[`${label}${key}`]
+      results[`${label}RpsByRound`] = results[`${label}RpsByRound`].join(" / ")
+    }
+    const bareRps = results.bareRps
+    const statusRps = results.statusRps
+    const acquireRps = results.acquireRps
     await stopTessera(tessera)
 
     results.statusRatio = Math.round((statusRps / bareRps) * 1_000) / 1_000
