@@ -76,10 +76,24 @@ export const make: Effect.Effect<
   const zone = (yield* Settings.Settings).timeZone
   const quickCheck = yield* Auth.makeQuickCheck
   const keys = yield* ApiKeys.ApiKeys
+  const acquire = yield* Handlers.makeAcquire
+  const runFork = Runtime.runFork(runtime)
+  // A runtime per actor (one per API key), so a request does not copy the services to name its actor.
+  const actorRuns = new Map<string, Run["run"]>()
+  const runAs = (actor: string) => {
+    let run = actorRuns.get(actor)
+    if (run === undefined) {
+      if (actorRuns.size >= MAX_ACTOR_RUNTIMES) actorRuns.clear()
+      run = Runtime.runFork(Runtime.provideService(runtime, Events.CurrentActor, actor))
+      actorRuns.set(actor, run)
+    }
+    return run
+  }
 
   /**
-   * The request's actor, or undefined when the API must answer it: at once from the keys in
-   * memory, or after reading them again when they are over a second old.
+   * `answer`, run as the request's actor, or undefined when the API must answer the request:
+   * known at once from the keys in memory, or after reading them again when they are over a
+   * second old.
    */
   const authenticated = (
     scope: ApiKeys.Scope,
@@ -98,19 +112,6 @@ export const make: Effect.Effect<
         : Effect.provideService(answer, Events.CurrentActor, again)
     })
     return { run: runFork, answer: afterReading }
-  }
-  const acquire = yield* Handlers.makeAcquire
-  const runFork = Runtime.runFork(runtime)
-  // A runtime per actor (one per API key), so a request does not copy the services to name its actor.
-  const actorRuns = new Map<string, Run["run"]>()
-  const runAs = (actor: string) => {
-    let run = actorRuns.get(actor)
-    if (run === undefined) {
-      if (actorRuns.size >= MAX_ACTOR_RUNTIMES) actorRuns.clear()
-      run = Runtime.runFork(Runtime.provideService(runtime, Events.CurrentActor, actor))
-      actorRuns.set(actor, run)
-    }
-    return run
   }
 
   const status = (id: string): Effect.Effect<Option.Option<Answer>> =>
