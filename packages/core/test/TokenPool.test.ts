@@ -295,4 +295,36 @@ describe("pool state survives a restart", () => {
           expect(acquired.map((e) => [e.accountId, e.actor, e.data["count"]]).sort()).toEqual([["p0", "alice", 1], ["p1", "alice", 1]])
         }), { filename, key })
     }))
+
+  it.scoped("coalesced acquire counts are exact per account and caller across flushes, interleaved callers included", () =>
+    withPool(3, (pool) =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const expected = new Map<string, number>()
+        const take = (who: string, n: number) =>
+          Effect.gen(function*() {
+            for (const lease of yield* Events.withActor(acquireN(pool, n), who)) {
+              const key = `${lease.accountId} ${who}`
+              expected.set(key, (expected.get(key) ?? 0) + 1)
+            }
+          })
+        // round 1: alice and bob take turns on the same accounts; then a flush
+        yield* take("alice", 4)
+        yield* take("bob", 2)
+        yield* take("alice", 3)
+        yield* TestClock.adjust("2 seconds")
+        yield* settle
+        // round 2: the shortcuts of round 1 must not count into records already written
+        yield* take("alice", 5)
+        yield* take("bob", 1)
+        yield* TestClock.adjust("2 seconds")
+        yield* settle
+        const audited = new Map<string, number>()
+        for (const entry of (yield* store.audit({})).filter((e) => e.type === "acquired")) {
+          const key = `${entry.accountId} ${entry.actor}`
+          audited.set(key, (audited.get(key) ?? 0) + Number(entry.data["count"]))
+        }
+        expect(new Map([...audited].sort())).toEqual(new Map([...expected].sort()))
+        expect([...audited.values()].reduce((a, b) => a + b, 0)).toBe(15)
+      })))
 })

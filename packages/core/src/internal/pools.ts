@@ -34,6 +34,13 @@ interface Entry<A extends PoolActor> {
   /** The token, absent while the account has none (such a member is out of rotation). */
   readonly record: TokenRecord | undefined
   readonly rateLimit: Option.Option<Token.RateLimit>
+  /**
+   * Shortcuts for the hot path, valid only during the flush round they name: the actor is
+   * among the dirty ones already, and its count of acquires by `who` so far. They spare each
+   * acquire the look-ups in sets and maps as large as the pool.
+   */
+  dirtyIn?: number | undefined
+  counted?: { readonly round: number; readonly who: string; readonly acquires: { count: number } } | undefined
 }
 
 export interface Deps<A extends PoolActor> {
@@ -78,6 +85,8 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     let singles: Array<{ readonly who: string; readonly actor: A; readonly at: number }> = []
     /** Whether the flusher has been told there is work (told once per flush). */
     let signalled = false
+    /** Counts flushes: what was marked in an earlier round is in no set or map any more. */
+    let round = 0
 
     const indexFor = (pool: string) => {
       let index = indexes.get(pool)
@@ -146,6 +155,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         [...byAccount].map(([actor, { count, first }]) => ({ who, actor, count, first }))
       )
       acquires.clear()
+      round++
       const single = singles
       singles = []
       const usageOf = Effect.forEach(actors, (actor) =>
@@ -202,19 +212,36 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       Effect.forkScoped
     )
 
-    const countAcquire = (who: string, actor: A, at: number, count = 1) => {
+    /** Counts an acquire for the audit log; returns the count it added to, if any. */
+    const countAcquire = (who: string, actor: A, at: number, count = 1): { count: number } | undefined => {
       if (deps.auditEachAcquire && count === 1) {
         singles.push({ who, actor, at })
-        return
+        return undefined
       }
       let byAccount = acquires.get(who)
       if (byAccount === undefined) {
         byAccount = new Map()
         acquires.set(who, byAccount)
       }
-      const counted = byAccount.get(actor)
-      if (counted === undefined) byAccount.set(actor, { count, first: at })
+      let counted = byAccount.get(actor)
+      if (counted === undefined) byAccount.set(actor, counted = { count, first: at })
       else counted.count += count
+      return counted
+    }
+
+    /** Notes a hand-out from the rotation: the actor's usage to save, the acquire to audit. */
+    const handedOut = (entry: Entry<A>, who: string, at: number) => {
+      if (entry.dirtyIn !== round) {
+        dirty.add(entry.actor)
+        entry.dirtyIn = round
+      }
+      const counted = entry.counted
+      if (counted !== undefined && counted.round === round && counted.who === who) counted.acquires.count++
+      else {
+        const acquires = countAcquire(who, entry.actor, at)
+        entry.counted = acquires === undefined ? undefined : { round, who, acquires }
+      }
+      signal()
     }
 
     // --- recoveries -------------------------------------------------------------------
@@ -268,9 +295,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
               const entry = result.member.value
               // `usable` admits only members with a token
               if (entry.record === undefined) return attempt()
-              dirty.add(entry.actor)
-              countAcquire(who, entry.actor, at)
-              signal()
+              handedOut(entry, who, at)
               return Effect.succeed(lease(entry, entry.record))
             }
             if (result._tag === "none") return Effect.fail(noMembers(pool))
