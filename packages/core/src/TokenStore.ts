@@ -363,14 +363,16 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
         const sources = new Map<string, SourceConfig>()
         const out: Array<StoredAccount> = []
         for (const row of rows) {
-          const sourceJson = keyring.open(row.source_enc, sourceAad(row.account_id))
-          if (Either.isLeft(sourceJson)) return Effect.fail(sourceJson.left)
-          const json = Redacted.value(sourceJson.right)
-          let source = sources.get(json)
-          if (source === undefined) {
-            source = decodeSource(json)
-            sources.set(json, source)
-          }
+          const decoded = keyring.openWith(row.source_enc, sourceAad(row.account_id), (json) => {
+            let source = sources.get(json)
+            if (source === undefined) {
+              source = decodeSource(json)
+              sources.set(json, source)
+            }
+            return source
+          })
+          if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
+          const source = decoded.right
           let token: Option.Option<TokenRecord> = Option.none()
           if (row.token_enc !== null) {
             const value = keyring.open(row.token_enc, tokenAad(row.account_id))

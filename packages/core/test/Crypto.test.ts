@@ -173,6 +173,25 @@ layer(Crypto.layerRandom)("Keyring", (it) => {
       )
     }))
 
+  it.effect("open and openWith answer as decrypt does, openWith handing the plaintext to its function only", () =>
+    Effect.gen(function*() {
+      const keyring = yield* Crypto.Keyring
+      const blob = yield* keyring.encrypt(Redacted.make(SECRET), TOKEN_AAD)
+      expect(Redacted.value(Either.getOrThrow(keyring.open(blob, TOKEN_AAD)))).toBe(SECRET)
+      expect(keyring.openWith(blob, TOKEN_AAD, (text) => text.length)).toEqual(Either.right(SECRET.length))
+      const tampered = Uint8Array.from(blob)
+      tampered[tampered.length - 1]! ^= 1
+      const other = Crypto.associatedData("accounts", "other", "token")
+      for (const [input, aad] of [[tampered, TOKEN_AAD], [blob, other]] as const) {
+        const expected = yield* Effect.flip(keyring.decrypt(input, aad))
+        let called = false
+        const withUse = keyring.openWith(input, aad, () => (called = true))
+        expect(called).toBe(false)
+        expect(Either.flip(withUse)).toEqual(Either.right(expected))
+        expect(Either.flip(keyring.open(input, aad))).toEqual(Either.right(expected))
+      }
+    }))
+
   it.effect("gives 10,000 encryptions of the same plaintext 10,000 distinct nonces", () =>
     Effect.gen(function*() {
       const keyring = yield* Crypto.Keyring
