@@ -153,16 +153,17 @@ export const invalidRequest = (issues: ReadonlyArray<Issue>): BadRequest => {
   return badRequest("invalid_request", described.length === 0 ? "the request does not match the API" : `${described.join("; ")}${more}`)
 }
 
-const encoders = {
-  BadRequest: Schema.encodeSync(Schema.parseJson(BadRequest)),
-  RequestTimeout: Schema.encodeSync(Schema.parseJson(RequestTimeout)),
-  HeadersTooLarge: Schema.encodeSync(Schema.parseJson(HeadersTooLarge))
-}
+/** The errors answered below the HTTP API: requests Node cannot parse (`Server`), and `FastLane`'s. */
+export type Written = BadRequest | RequestTimeout | HeadersTooLarge | NotFound | TooManyRequests | ServiceUnavailable | InternalError
 
-/** An error as JSON text, for answers written below the HTTP API (a request Node cannot parse). */
-export const encode = (error: BadRequest | RequestTimeout | HeadersTooLarge): string =>
-  error instanceof BadRequest
-    ? encoders.BadRequest(error)
-    : error instanceof RequestTimeout
-    ? encoders.RequestTimeout(error)
-    : encoders.HeadersTooLarge(error)
+const written = new Map<unknown, { readonly status: number; readonly encode: (error: unknown) => string }>(
+  [BadRequest, RequestTimeout, HeadersTooLarge, NotFound, TooManyRequests, ServiceUnavailable, InternalError].map((
+    schema
+  ) => [schema, { status: HttpApiSchema.getStatusError(schema), encode: Schema.encodeUnknownSync(Schema.parseJson(schema)) }])
+)
+
+/** An error as the JSON text the API answers it with, for answers written below the HTTP API. */
+export const encode = (error: Written): string => written.get(error.constructor)!.encode(error)
+
+/** The status the API answers an error with (its class's annotation). */
+export const statusOf = (error: Written): number => written.get(error.constructor)!.status

@@ -11,7 +11,7 @@
  * on to the API unchanged, whose middleware then answers, records and counts it. Both lanes
  * run the same operations (`Handlers.makeAcquire`, `Lifecycle.info`) and write the same JSON
  * (`Wire.tokenInfoJson` and `Wire.leaseJson` are held to the API's encoders; errors are
- * encoded with the API's schemas), and the server tests compare the lanes' answers.
+ * written by `ApiError.encode`, with the status their class declares), and the server tests compare the lanes' answers.
  */
 import { ApiKeys, Events, Lifecycle, Settings } from "@tessera/core"
 import { Cause, Clock, Effect, Exit, Option, Runtime, Schema } from "effect"
@@ -47,14 +47,12 @@ const ACQUIRE_PATH = /^\/pools\/([^/]+)\/acquire$/
 const isAccountId = Schema.is(Wire.AccountIdParam)
 const isPool = Schema.is(Wire.PoolParam)
 
-const json = <A, I>(schema: Schema.Schema<A, I>) => {
-  const encode = Schema.encodeSync(schema)
-  return (value: A) => JSON.stringify(encode(value))
-}
-const encodeNotFound = json(ApiError.NotFound)
-const encodeTooMany = json(ApiError.TooManyRequests)
-const encodeUnavailable = json(ApiError.ServiceUnavailable)
-const encodeInternal = json(ApiError.InternalError)
+/** An error of the API, as the API answers it. */
+const failure = (error: ApiError.Written, retryAfter?: string): Answer => ({
+  status: ApiError.statusOf(error),
+  body: ApiError.encode(error),
+  retryAfter
+})
 
 /** Whether a request carries a body (which the API's edge reads and checks). */
 const hasBody = (request: Http.IncomingMessage) =>
@@ -127,16 +125,8 @@ export const make: Effect.Effect<
       Effect.map((leased): Answer => ({ status: 200, body: Wire.leaseJson(leased) })),
       Effect.catchAll((error) =>
         error instanceof Handlers.Exhausted
-          ? Effect.map(Clock.currentTimeMillis, (now): Answer => ({
-            status: 429,
-            body: encodeTooMany(error.answer),
-            retryAfter: Auth.retryAfterSeconds(error.retryAt, now)
-          }))
-          : Effect.succeed<Answer>(
-            error instanceof ApiError.NotFound
-              ? { status: 404, body: encodeNotFound(error) }
-              : { status: 503, body: encodeUnavailable(error) }
-          )
+          ? Effect.map(Clock.currentTimeMillis, (now) => failure(error.answer, Auth.retryAfterSeconds(error.retryAt, now)))
+          : Effect.succeed(failure(error))
       ),
       Effect.map(Option.some)
     )
@@ -167,7 +157,7 @@ export const make: Effect.Effect<
       // A client that went away gets nothing; anything else is a bug, answered as the API's edge answers it.
       if (Cause.isInterruptedOnly(exit.cause) || response.destroyed) return
       runFork(Effect.logError("unexpected failure while answering a request", exit.cause))
-      write(response, { status: 500, body: encodeInternal(ApiError.internal()) })
+      write(response, failure(ApiError.internal()))
     })
     response.on("close", () => {
       if (!response.writableEnded) fiber.unsafeInterruptAsFork(fiber.id())
