@@ -103,10 +103,11 @@ export interface ApiKeysService {
   /**
    * `hasActive` and `verify` at once and without an effect, for a server's hot path: answered
    * only from the active keys read within the last `ACTIVE_KEYS_TTL_MS` of `now`, else
-   * undefined (then ask `verify`, which reads them again).
+   * undefined (then ask `verify`, which reads them again). Without a secret, only whether any
+   * key is active.
    */
   readonly unsafeVerifyCached: (
-    secret: string,
+    secret: string | undefined,
     now: number
   ) => { readonly anyActive: boolean; readonly key: Option.Option<ApiKey> } | undefined
   /**
@@ -298,7 +299,8 @@ export const make: Effect.Effect<ApiKeysService, never, SqlClient.SqlClient | To
       unsafeVerifyCached: (secret, at) => {
         const rows = fresh(at)
         if (rows === undefined) return undefined
-        return { anyActive: rows.length > 0, key: rows.length === 0 ? Option.none() : matching(rows, hashText(secret)) }
+        const key = secret === undefined || rows.length === 0 ? Option.none() : matching(rows, hashText(secret))
+        return { anyActive: rows.length > 0, key }
       },
 
       bootstrap: (declared) =>

@@ -228,10 +228,10 @@ export const makeQuickCheck = Effect.gen(function*() {
   ): string | undefined | typeof UNKNOWN => {
     if (throttle.unsafeBlockedUntil(client, now) !== undefined) return undefined
     const header = authorization ?? ""
-    const known = keys.unsafeVerifyCached(isBearer(header) ? header.slice(BEARER_LENGTH) : "", now)
+    const known = keys.unsafeVerifyCached(isBearer(header) ? header.slice(BEARER_LENGTH) : undefined, now)
     if (known === undefined) return UNKNOWN
     if (!known.anyActive) return LOCAL_ACTOR
-    if (!isBearer(header) || Option.isNone(known.key)) return undefined
+    if (Option.isNone(known.key)) return undefined
     return ApiKeys.allows(known.key.value, scope) ? known.key.value.name : undefined
   }
 })
