@@ -15,7 +15,7 @@ import { SqlClient } from "@effect/sql"
 import { expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { GitHub, OAuth2 } from "../fakes/index.js"
-import { call, requireBuild, serve } from "../e2e/harness.js"
+import { call, registerOAuth as registerOAuthAccounts, requireBuild, serve } from "../e2e/harness.js"
 import type { Running } from "../e2e/harness.js"
 import { tempDir, waitUntil } from "../lifecycle/harness.js"
 import * as Postgres from "../postgres.js"
@@ -35,36 +35,6 @@ const EXPIRY_S = 95
 const id = (i: number) => `oauth-${String(i).padStart(2, "0")}`
 
 const available = await Postgres.probe()
-
-/**
- * A client's request: the answer, or, when the connection failed before any answer, that
- * failure. A keep-alive connection the server closed while idle can be picked for a request
- * by a client whose event loop is late (this test process runs 1,000 clients): like any HTTP
- * client, ours sends such a request again, once, on a new connection, and counts it.
- */
-const request = (url: string, method: string, path: string, reused: { count: number }) =>
-  Effect.promise(async () => {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const response = await fetch(`${url}${path}`, { method, headers: { authorization: `Bearer ${ADMIN_KEY}` } })
-        const text = await response.text()
-        let json: any
-        try {
-          json = JSON.parse(text)
-        } catch {
-          json = undefined
-        }
-        return { status: response.status, text, json }
-      } catch (error) {
-        const code = (error as { cause?: { code?: string } }).cause?.code
-        if (attempt === 0 && (code === "ECONNRESET" || code === "UND_ERR_SOCKET")) {
-          reused.count++
-          continue
-        }
-        return { status: 0, text: `${code ?? ""} ${String(error)}`, json: undefined }
-      }
-    }
-  })
 
 /** Three instances on one database, the first started (and given the accounts) before the others. */
 const cluster = (database: string, extra: Record<string, string>, setup: (url: string) => Effect.Effect<void>) =>
@@ -88,30 +58,16 @@ const cluster = (database: string, extra: Record<string, string>, setup: (url: s
   })
 
 const registerOAuth = (url: string, oauth: OAuth2.OAuth2Server, count: number, expiresAt: string) =>
-  Effect.forEach(
-    Array.from({ length: count }, (_, i) => i),
-    (i) =>
-      Effect.flatMap(
-        call(url, "POST", "/accounts", {
-          key: ADMIN_KEY,
-          body: {
-            account_id: id(i),
-            provider: "oauth2",
-            source: {
-              type: "oauth2",
-              token_url: `${oauth.url}/oauth/token`,
-              client_id: CLIENT_ID,
-              client_secret: CLIENT_SECRET,
-              refresh_token: oauth.issueGrant(CLIENT_ID).refreshToken
-            },
-            access_token: `at_initial_${id(i)}_0123456789abcdef`,
-            expires_at: expiresAt
-          }
-        }),
-        (answer) => Effect.sync(() => expect(answer.status, answer.text).toBe(201))
-      ),
-    { concurrency: 10 }
-  )
+  registerOAuthAccounts(url, {
+    key: ADMIN_KEY,
+    oauth,
+    clientId: CLIENT_ID,
+    clientSecret: CLIENT_SECRET,
+    id,
+    count,
+    expiresAt,
+    concurrency: 10
+  })
 
 Postgres.describeWithPostgres("three instances on one PostgreSQL database", available, () => {
   it.scopedLive(
@@ -143,8 +99,8 @@ Postgres.describeWithPostgres("three instances on one PostgreSQL database", avai
               const url = urls[i % 3]!
               const acquire = i % 2 === 0
               const answer = acquire
-                ? yield* request(url, "POST", "/pools/github/acquire", resent)
-                : yield* request(url, "GET", `/accounts/${id(i % ACCOUNTS)}/token`, resent)
+                ? yield* call(url, "POST", "/pools/github/acquire", { key: ADMIN_KEY, resent })
+                : yield* call(url, "GET", `/accounts/${id(i % ACCOUNTS)}/token`, { key: ADMIN_KEY, resent })
               answers.set(answer.status, (answers.get(answer.status) ?? 0) + 1)
               if (answer.status !== 200) console.log(`client got ${answer.status}: ${answer.text.slice(0, 300)}`)
               else if (acquire) acquired.set(answer.json.account_id, (acquired.get(answer.json.account_id) ?? 0) + 1)

@@ -10,7 +10,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { OAuth2 } from "../fakes/index.js"
 import { tempDir, waitUntil } from "../lifecycle/harness.js"
-import { call, requireBuild, serve } from "../e2e/harness.js"
+import { call, registerOAuth, requireBuild, serve } from "../e2e/harness.js"
 
 const ACCOUNTS = 200
 const CLIENTS = 8
@@ -47,30 +47,16 @@ describe("two processes on one database", () => {
         // Every account is registered with a token that expires at the same instant: both
         // processes will schedule its refresh for that instant minus 60 s.
         const expiresAt = new Date(Date.now() + SYNCHRONIZED_EXPIRY_S * 1000).toISOString()
-        yield* Effect.forEach(
-          Array.from({ length: ACCOUNTS }, (_, i) => i),
-          (i) =>
-            Effect.flatMap(
-              call(urlA, "POST", "/accounts", {
-                key: ADMIN_KEY,
-                body: {
-                  account_id: id(i),
-                  provider: "oauth2",
-                  source: {
-                    type: "oauth2",
-                    token_url: `${oauth.url}/oauth/token`,
-                    client_id: CLIENT_ID,
-                    client_secret: CLIENT_SECRET,
-                    refresh_token: oauth.issueGrant(CLIENT_ID).refreshToken
-                  },
-                  access_token: `at_initial_${id(i)}_0123456789abcdef`,
-                  expires_at: expiresAt
-                }
-              }),
-              (answer) => Effect.sync(() => expect(answer.status, answer.text).toBe(201))
-            ),
-          { concurrency: 16 }
-        )
+        yield* registerOAuth(urlA, {
+          key: ADMIN_KEY,
+          oauth,
+          clientId: CLIENT_ID,
+          clientSecret: CLIENT_SECRET,
+          id,
+          count: ACCOUNTS,
+          expiresAt,
+          concurrency: 16
+        })
         const setup = oauth.refreshes()
         expect(setup).toBe(0)
 
