@@ -225,13 +225,15 @@ const edge = Effect.map(ServerConfig, (config) => (app: HttpApp.Default) =>
  */
 const answerUnparsable = (error: Error & { readonly code?: string }, socket: Duplex) => {
   if (error.code === "ECONNRESET" || !socket.writable) return socket.destroy()
-  const [status, reason, body] = error.code === "HPE_HEADER_OVERFLOW"
-    ? [431, "Request Header Fields Too Large", ApiError.encode(ApiError.headersTooLarge())] as const
+  const answer = error.code === "HPE_HEADER_OVERFLOW"
+    ? ApiError.headersTooLarge()
     : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
-    ? [408, "Request Timeout", ApiError.encode(ApiError.requestTimeout())] as const
-    : [400, "Bad Request", ApiError.encode(ApiError.badRequest("malformed_request", "the request is not valid HTTP/1.1"))] as const
+    ? ApiError.requestTimeout()
+    : ApiError.badRequest("malformed_request", "the request is not valid HTTP/1.1")
+  const status = ApiError.statusOf(answer)
+  const body = ApiError.encode(answer)
   socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+    `HTTP/1.1 ${status} ${Http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
       `connection: close\r\n\r\n${body}`
   )
 }
