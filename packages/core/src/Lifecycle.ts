@@ -8,7 +8,7 @@
  * are written to the store with their audit records before they take effect in memory, and
  * then published as events.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, Layer, Option, Redacted, Ref, Schedule } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, FiberMap, FiberSet, Layer, MutableRef, Option, Redacted, Schedule } from "effect"
 import { identity } from "effect/Function"
 import * as crypto from "node:crypto"
 import { Account, NewAccount, OAuth2Source, sameSource, sourceKind } from "./Account.js"
@@ -81,6 +81,11 @@ export interface LifecycleService {
     report: { readonly reason: string; readonly token?: Redacted.Redacted<string> | undefined }
   ) => Effect.Effect<TokenInfo, AccountNotFound | StoreError>
   readonly info: (id: string) => Effect.Effect<TokenInfo, AccountNotFound>
+  /**
+   * `info` at `at`, read at once without a fiber, or undefined for an unknown account: for
+   * callers that answer synchronously (the HTTP fast lane).
+   */
+  readonly unsafeInfo: (id: string, at: number) => TokenInfo | undefined
   readonly list: Effect.Effect<ReadonlyArray<TokenInfo>>
   readonly account: (id: string) => Effect.Effect<Account, AccountNotFound>
   readonly accounts: Effect.Effect<ReadonlyArray<Account>>
@@ -127,8 +132,14 @@ export class DeclaredAccounts extends Context.Reference<DeclaredAccounts>()("@te
 
 interface Actor {
   readonly id: AccountId
-  readonly account: Ref.Ref<Account>
-  readonly state: Ref.Ref<TokenState>
+  /**
+   * The account and its token state. Plain cells rather than `Ref`s: a status read takes them
+   * without starting a fiber (`unsafeInfo`, which the HTTP fast lane answers from). Each is
+   * replaced whole, in one synchronous step of the fiber that changes it, so a reader never
+   * sees half a change; the account's lock orders the changes that depend on what they read.
+   */
+  readonly account: MutableRef.MutableRef<Account>
+  readonly state: MutableRef.MutableRef<TokenState>
   /**
    * Serializes commits of this account's state; made on first use, since most restored
    * accounts never need one (`lockOf`).
@@ -218,24 +229,23 @@ export const make = Effect.gen(function*() {
     ))
 
   /** The public view; a pool's record of the last hand-out is fresher than the saved state. */
-  const infoOf = (actor: Actor): Effect.Effect<TokenInfo> =>
-    // nested rather than `Effect.all`: this runs on every status request
-    Effect.flatMap(Ref.get(actor.account), (account) =>
-      Effect.flatMap(Ref.get(actor.state), (state) =>
-        Effect.map(now, (at) => {
-        const used = pools.usedAt(actor, account.pool)
-        const fresher = used !== undefined && used > Option.getOrElse(state.lastUsedAt, () => 0)
-        const shown = fresher ? { ...state, lastUsedAt: Option.some(used) } : state
-        // A token loaded from the store says so while it lasts (a static token is always static);
-        // the stored origin itself is never overwritten with that label.
-        const record = Option.getOrUndefined(state.token)
-        const restored = record !== undefined && record === actor.restored && record.origin !== "static"
-        return Token.info(
-          account,
-          restored ? { ...shown, token: Option.some({ ...record, origin: "restored" as const }) } : shown,
-          at
-        )
-      })))
+  const infoAt = (actor: Actor, at: number): TokenInfo => {
+    const account = MutableRef.get(actor.account)
+    const state = MutableRef.get(actor.state)
+    const used = pools.usedAt(actor, account.pool)
+    const fresher = used !== undefined && used > Option.getOrElse(state.lastUsedAt, () => 0)
+    const shown = fresher ? { ...state, lastUsedAt: Option.some(used) } : state
+    // A token loaded from the store says so while it lasts (a static token is always static);
+    // the stored origin itself is never overwritten with that label.
+    const record = Option.getOrUndefined(state.token)
+    const restored = record !== undefined && record === actor.restored && record.origin !== "static"
+    return Token.info(
+      account,
+      restored ? { ...shown, token: Option.some({ ...record, origin: "restored" as const }) } : shown,
+      at
+    )
+  }
+  const infoOf = (actor: Actor): Effect.Effect<TokenInfo> => Effect.map(now, (at) => infoAt(actor, at))
 
   /**
    * Writes a new state (and source, for a rotated credential) with its events, then makes it
@@ -251,8 +261,8 @@ export const make = Effect.gen(function*() {
       const saved = source ?? actor.unsaved
       yield* store.saveState(actor.id, state, evts, saved)
       actor.unsaved = undefined
-      yield* Ref.set(actor.state, state)
-      if (saved !== undefined) yield* Ref.update(actor.account, (account) => new Account({ ...account, source: saved }))
+      MutableRef.set(actor.state, state)
+      if (saved !== undefined) MutableRef.update(actor.account, (account) => new Account({ ...account, source: saved }))
       yield* pools.sync(actor)
       yield* events.publishAll(evts)
       yield* scheduleNext(actor)
@@ -277,8 +287,8 @@ export const make = Effect.gen(function*() {
   }
 
   const scheduleNext = (actor: Actor): Effect.Effect<void> =>
-    Effect.flatMap(Effect.all([Ref.get(actor.account), Ref.get(actor.state)]), ([account, state]) => {
-      const at = dueAt(account, state)
+    Effect.suspend(() => {
+      const at = dueAt(MutableRef.get(actor.account), MutableRef.get(actor.state))
       return at === undefined ? scheduler.cancel(actor.id) : scheduler.schedule(actor.id, at)
     })
 
@@ -311,7 +321,7 @@ export const make = Effect.gen(function*() {
   const forget = (actor: Actor) =>
     Effect.gen(function*() {
       yield* Effect.sync(() => actors.delete(actor.id))
-      yield* pools.remove(actor, (yield* Ref.get(actor.account)).pool)
+      yield* pools.remove(actor, (MutableRef.get(actor.account)).pool)
       yield* scheduler.cancel(actor.id)
       yield* FiberMap.remove(background, actor.id)
       if (actor.flight !== undefined) yield* actor.flight.interrupt
@@ -326,10 +336,10 @@ export const make = Effect.gen(function*() {
     lockOf(actor).withPermits(1)(Effect.gen(function*() {
       const stored = yield* loadStored(actor.id)
       if (Option.isNone(stored)) return false
-      const current = yield* Ref.get(actor.state)
+      const current = MutableRef.get(actor.state)
       const theirs = stored.value.state
       if (sameRecord(current.token, theirs.token) && Option.isSome(current.invalid) === Option.isSome(theirs.invalid)) return false
-      yield* Ref.set(actor.state, {
+      MutableRef.set(actor.state, {
         ...current,
         token: theirs.token,
         invalid: theirs.invalid,
@@ -337,7 +347,7 @@ export const make = Effect.gen(function*() {
         lastRefreshedAt: theirs.lastRefreshedAt,
         username: theirs.username
       })
-      if (actor.unsaved === undefined) yield* Ref.set(actor.account, stored.value.account)
+      if (actor.unsaved === undefined) MutableRef.set(actor.account, stored.value.account)
       actor.startup = false
       yield* pools.sync(actor)
       yield* scheduleNext(actor)
@@ -352,14 +362,14 @@ export const make = Effect.gen(function*() {
   const renew = (actor: Actor, mode: Mode): Effect.Effect<TokenRecord, RenewError> =>
     Effect.gen(function*() {
       const start = yield* now
-      const state = yield* Ref.get(actor.state)
+      const state = MutableRef.get(actor.state)
       const settled = mode === "ensure" && (Option.isSome(state.invalid) || Token.need(state, start, windowMs) === "use")
-      if (settled || !renewable(yield* Ref.get(actor.account))) return yield* renewHere(actor, mode, start)
+      if (settled || !renewable(MutableRef.get(actor.account))) return yield* renewHere(actor, mode, start)
       return yield* leases.hold(
         actor.id,
         Effect.gen(function*() {
           if (yield* adoptStored(actor)) {
-            const adopted = yield* Ref.get(actor.state)
+            const adopted = MutableRef.get(actor.state)
             // A forced refresh is answered by a renewal that another process finished meanwhile.
             if (mode === "force" && Option.isSome(adopted.token) && Option.exists(adopted.lastRefreshedAt, (at) => at > start)) {
               return adopted.token.value
@@ -376,8 +386,8 @@ export const make = Effect.gen(function*() {
    */
   const renewHere = (actor: Actor, mode: Mode, start: number): Effect.Effect<TokenRecord, RenewError> =>
     Effect.gen(function*() {
-      const state = yield* Ref.get(actor.state)
-      const account = yield* Ref.get(actor.account)
+      const state = MutableRef.get(actor.state)
+      const account = MutableRef.get(actor.account)
       const status = Token.status(state, start)
       if (mode === "ensure" && Option.isSome(state.invalid)) {
         return yield* new TokenUnavailable({ accountId: actor.id, status, reason: state.invalid.value.reason })
@@ -437,7 +447,7 @@ export const make = Effect.gen(function*() {
 
       return yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
         const at = yield* now
-        const latest = yield* Ref.get(actor.state)
+        const latest = MutableRef.get(actor.state)
         if (Exit.isFailure(result)) {
           const error = Cause.failureOption(result.cause)
           if (Option.isNone(error)) return yield* Effect.failCause(result.cause)
@@ -465,7 +475,7 @@ export const make = Effect.gen(function*() {
           lastRefreshedAt: Option.some(at),
           username: issued.username === undefined ? latest.username : Option.some(issued.username)
         }
-        const account = yield* Ref.get(actor.account)
+        const account = MutableRef.get(actor.account)
         const rotated: SourceConfig | undefined = issued.refreshToken !== undefined && account.source._tag === "oauth2"
           ? new OAuth2Source({ ...account.source, refreshToken: issued.refreshToken })
           : undefined
@@ -482,7 +492,8 @@ export const make = Effect.gen(function*() {
           Effect.tapError(() =>
             rotated === undefined ? Effect.void : Effect.sync(() => {
               actor.unsaved = rotated
-            }).pipe(Effect.zipRight(Ref.update(actor.account, (account) => new Account({ ...account, source: rotated }))))
+              MutableRef.update(actor.account, (account) => new Account({ ...account, source: rotated }))
+            })
           )
         )
         return record
@@ -515,7 +526,7 @@ export const make = Effect.gen(function*() {
       yield* commit(actor, next, [...notes, failed, ...invalidated]).pipe(
         Effect.catchAll((storeError) =>
           Effect.logWarning(`could not record a failed renewal of '${actor.id}': ${storeError.message}`).pipe(
-            Effect.zipRight(Ref.set(actor.state, next)),
+            Effect.zipRight(Effect.sync(() => MutableRef.set(actor.state, next))),
             Effect.zipRight(pools.sync(actor))
           )
         )
@@ -542,11 +553,11 @@ export const make = Effect.gen(function*() {
   /** Keeps the account's token fresh without a caller: what the scheduler runs when it is due. */
   const keepFresh = (actor: Actor) =>
     Effect.gen(function*() {
-      const account = yield* Ref.get(actor.account)
+      const account = MutableRef.get(actor.account)
       if (!renewable(account)) {
         // Nothing can renew it: say once that it expired.
         const at = yield* now
-        const state = yield* Ref.get(actor.state)
+        const state = MutableRef.get(actor.state)
         if (Token.status(state, at) === "expired") {
           const expired = yield* event(actor, "expired", { detail: "the token expired and its source cannot renew it" })
           yield* store.appendAudit([expired]).pipe(Effect.zipRight(events.publish(expired)), Effect.ignore)
@@ -568,8 +579,8 @@ export const make = Effect.gen(function*() {
 
   const makeActor = (account: Account, state: TokenState, startup: boolean): Actor => ({
     id: account.id,
-    account: Ref.unsafeMake(account),
-    state: Ref.unsafeMake(state),
+    account: MutableRef.make(account),
+    state: MutableRef.make(state),
     lock: undefined,
     flight: undefined,
     startup,
@@ -580,7 +591,7 @@ export const make = Effect.gen(function*() {
   const getLease = (actor: Actor) =>
     Effect.gen(function*() {
       const at = yield* now
-      const state = yield* Ref.get(actor.state)
+      const state = MutableRef.get(actor.state)
       if (Option.isSome(state.invalid)) {
         return yield* new TokenUnavailable({ accountId: actor.id, status: "invalid", reason: state.invalid.value.reason })
       }
@@ -591,7 +602,7 @@ export const make = Effect.gen(function*() {
         ? yield* refreshOrKeep(actor, Option.getOrThrow(state.token))
         : yield* renewOnce(actor, "ensure")
       const used = yield* now
-      const latest = yield* Ref.updateAndGet(actor.state, (s) => ({ ...s, lastUsedAt: Option.some(used) }))
+      const latest = MutableRef.updateAndGet(actor.state, (s) => ({ ...s, lastUsedAt: Option.some(used) }))
       yield* pools.touch(actor)
       return { accountId: actor.id, token: record.token, expiresAt: record.expiresAt, rateLimit: latest.rateLimit } satisfies Lease
     })
@@ -618,7 +629,7 @@ export const make = Effect.gen(function*() {
       }
       const renewed = waited.value
       if (renewed._tag === "Right") return renewed.right
-      const state = yield* Ref.get(actor.state)
+      const state = MutableRef.get(actor.state)
       const at = yield* now
       const stillValid = Option.isNone(state.invalid) && Option.getOrUndefined(state.token) === current &&
         Token.servable(current, at)
@@ -630,13 +641,16 @@ export const make = Effect.gen(function*() {
   const invalidate = (actor: Actor, reason: string) =>
     lockOf(actor).withPermits(1)(Effect.gen(function*() {
       const at = yield* now
-      const state = yield* Ref.get(actor.state)
+      const state = MutableRef.get(actor.state)
       const invalidated = yield* event(actor, "invalidated", { outcome: "failure", detail: reason })
       yield* commit(actor, { ...state, invalid: Option.some({ reason, at }) }, [invalidated])
     }))
 
   const validateWith = (actor: Actor, token: Redacted.Redacted<string>): Effect.Effect<Validation, UpstreamError> =>
-    Effect.flatMap(Ref.get(actor.account), (account) => drivers.provider(account).validate(token, account)).pipe(withPolicy)
+    Effect.suspend(() => {
+      const account = MutableRef.get(actor.account)
+      return drivers.provider(account).validate(token, account)
+    }).pipe(withPolicy)
 
   /** A new account: the pool defaults to the provider's id. */
   const accountFrom = (input: NewAccount, at: number) =>
@@ -689,7 +703,7 @@ export const make = Effect.gen(function*() {
           username = Option.fromNullable(validation.username)
         }
         return yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
-          const state = yield* Ref.get(actor.state)
+          const state = MutableRef.get(actor.state)
           const expiresAt = Option.fromNullable(options.expiresAt)
           const record: TokenRecord = { token, expiresAt, issuedAt: at, origin: "manual" }
           const updated = yield* event(actor, "updated", {
@@ -710,7 +724,7 @@ export const make = Effect.gen(function*() {
     validate: (id) =>
       Effect.gen(function*() {
         const actor = yield* lookup(id)
-        const state = yield* Ref.get(actor.state)
+        const state = MutableRef.get(actor.state)
         const at = yield* now
         if (Option.isNone(state.token)) {
           return yield* new TokenUnavailable({ accountId: id, status: Token.status(state, at), reason: "there is no token to validate" })
@@ -719,7 +733,7 @@ export const make = Effect.gen(function*() {
         const validation = yield* validateWith(actor, record.token)
         const checkedAt = yield* now
         yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
-          const latest = yield* Ref.get(actor.state)
+          const latest = MutableRef.get(actor.state)
           if (Option.getOrUndefined(latest.token) !== record) return
           const validated = yield* event(actor, "validated", {
             outcome: validation.valid ? "success" : "failure",
@@ -743,7 +757,7 @@ export const make = Effect.gen(function*() {
         const actor = yield* lookup(id)
         if (actor.flight !== undefined) yield* actor.flight.interrupt
         return yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
-          const state = yield* Ref.get(actor.state)
+          const state = MutableRef.get(actor.state)
           const cleared = yield* event(actor, "cleared", { detail: "token forgotten" })
           yield* commit(actor, { ...Token.emptyState, username: state.username, lastUsedAt: state.lastUsedAt }, [cleared])
           yield* FiberMap.remove(background, id)
@@ -754,14 +768,14 @@ export const make = Effect.gen(function*() {
     reportUnauthorized: (id, report) =>
       Effect.gen(function*() {
         const actor = yield* lookup(id)
-        const state = yield* Ref.get(actor.state)
+        const state = MutableRef.get(actor.state)
         const seenFor = report.token
         const current = Option.getOrUndefined(state.token)
         // A 401 for a token that has since been replaced says nothing about the new one.
         if (seenFor !== undefined && (current === undefined || Redacted.value(current.token) !== Redacted.value(seenFor))) {
           return yield* infoOf(actor)
         }
-        const account = yield* Ref.get(actor.account)
+        const account = MutableRef.get(actor.account)
         if (renewable(account)) {
           const renewed = yield* Effect.either(renewOnce(actor, "force"))
           if (renewed._tag === "Right") return yield* infoOf(actor)
@@ -773,12 +787,16 @@ export const make = Effect.gen(function*() {
       }),
 
     info: (id) => Effect.flatMap(lookup(id), infoOf),
+    unsafeInfo: (id, at) => {
+      const actor = actors.get(id)
+      return actor === undefined ? undefined : infoAt(actor, at)
+    },
 
     list: Effect.suspend(() => Effect.forEach([...actors.values()], infoOf)),
 
-    account: (id) => Effect.flatMap(lookup(id), (actor) => Ref.get(actor.account)),
+    account: (id) => Effect.map(lookup(id), (actor) => MutableRef.get(actor.account)),
 
-    accounts: Effect.suspend(() => Effect.forEach([...actors.values()], (actor) => Ref.get(actor.account))),
+    accounts: Effect.sync(() => Array.from(actors.values(), (actor) => MutableRef.get(actor.account))),
 
     add: (input, initial) =>
       Effect.gen(function*() {
@@ -830,10 +848,10 @@ export const make = Effect.gen(function*() {
           return yield* scheduleNext(added)
         }
         yield* lockOf(actor).withPermits(1)(Effect.gen(function*() {
-          const ours = yield* Ref.get(actor.state)
+          const ours = MutableRef.get(actor.state)
           const lastUsed = Math.max(Option.getOrElse(ours.lastUsedAt, () => 0), Option.getOrElse(theirs.lastUsedAt, () => 0))
-          yield* Ref.set(actor.state, { ...theirs, lastUsedAt: lastUsed === 0 ? Option.none() : Option.some(lastUsed) })
-          if (actor.unsaved === undefined) yield* Ref.set(actor.account, account)
+          MutableRef.set(actor.state, { ...theirs, lastUsedAt: lastUsed === 0 ? Option.none() : Option.some(lastUsed) })
+          if (actor.unsaved === undefined) MutableRef.set(actor.account, account)
           yield* pools.sync(actor)
           yield* scheduleNext(actor)
         }))
@@ -843,7 +861,7 @@ export const make = Effect.gen(function*() {
       const all = [...actors.values()]
       const outcomes = yield* Effect.forEach(all, (actor) =>
         Effect.gen(function*() {
-          const account = yield* Ref.get(actor.account)
+          const account = MutableRef.get(actor.account)
           if (!renewable(account)) return "skipped" as const
           return yield* renewOnce(actor, "force").pipe(
             Effect.as("refreshed" as const),

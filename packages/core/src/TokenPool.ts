@@ -7,7 +7,7 @@
  * implemented by the lifecycle layer, which owns the accounts.
  */
 import { Context, Option, Schema } from "effect"
-import type { Duration, Effect, Exit, Redacted } from "effect"
+import type { Duration, Effect, Either, Exit, Redacted } from "effect"
 import type { AccountNotFound, StoreError } from "./Errors.js"
 import type { Headers } from "./Source.js"
 import type { Lease, TokenInfo } from "./Token.js"
@@ -74,6 +74,13 @@ export class SharedRotation extends Context.Reference<SharedRotation>()("@tesser
 export interface TokenPoolService {
   readonly acquire: (pool: string, options?: AcquireOptions) => Effect.Effect<Lease, AcquireError>
   /**
+   * `acquire` without a wait, answered at once for `who` (the actor its audit record names)
+   * at `at`, when the pool rotates in this process's memory; undefined when the rotation is
+   * shared through the database (then only `acquire` can answer). For callers that answer
+   * without a fiber (the HTTP fast lane).
+   */
+  readonly unsafeAcquire: (pool: string, who: string, at: number) => Either.Either<Lease, AcquireError> | undefined
+  /**
    * Acquires a token, runs `use` with it, and reports the outcome back when `observe` can
    * read a status and headers from it (an HTTP response, say).
    */
@@ -92,6 +99,8 @@ export interface TokenPoolService {
   readonly summary: (pool: string) => Effect.Effect<Option.Option<PoolSummary>>
   /** Whether the pool has any account: a constant-time check. */
   readonly exists: (pool: string) => Effect.Effect<boolean>
+  /** `exists`, answered at once. */
+  readonly unsafeExists: (pool: string) => boolean
 }
 
 export class TokenPool extends Context.Tag("@tessera/core/TokenPool")<TokenPool, TokenPoolService>() {}

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Crypto, Events, Lifecycle, TokenPool, TokenStore } from "@tessera/core"
-import { Chunk, Effect, Either, FastCheck, Fiber, Queue, Redacted, TestClock } from "effect"
+import { Chunk, Effect, Either, FastCheck, Fiber, Option, Queue, Redacted, TestClock } from "effect"
 import type { Scope } from "effect"
 import * as path from "node:path"
 import { PoolIndex } from "../src/internal/poolIndex.js"
@@ -248,6 +248,61 @@ describe("SPEC §3.5 exhaustion", () => {
         expect(error._tag).toBe("NoUsableToken")
         expect((yield* Effect.flip(pool.acquire("nonexistent")))._tag).toBe("NoUsableToken")
       })))
+})
+
+describe("answers at once, without an effect (for the HTTP fast lane)", () => {
+  it.scoped("unsafeAcquire rotates with acquire, names its caller in the audit log and fails as acquire does", () =>
+    withPool(3, (pool) =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const at = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+        const taken = (who: string) => {
+          const result = pool.unsafeAcquire("test", who, at)
+          if (result === undefined || Either.isLeft(result)) throw new Error(`no lease: ${JSON.stringify(result)}`)
+          return result.right.accountId
+        }
+        expect([taken("lane"), (yield* pool.acquire("test")).accountId, taken("lane")]).toEqual(["p0", "p1", "p2"])
+        expect(pool.unsafeExists("test")).toBe(true)
+        expect(pool.unsafeExists("nonexistent")).toBe(false)
+        yield* TestClock.adjust("2 seconds") // one usage flush
+        const acquired = (yield* store.audit({})).filter((e) => e.type === "acquired")
+        expect(acquired.map((e) => [e.accountId, e.actor]).sort()).toEqual([["p0", "lane"], ["p1", "library"], ["p2", "lane"]])
+
+        yield* pool.report("test", { accountId: "p0", status: 429, headers: { "retry-after": "50" } })
+        yield* pool.report("test", { accountId: "p1", status: 429, headers: { "retry-after": "20" } })
+        yield* pool.report("test", { accountId: "p2", status: 429, headers: { "retry-after": "30" } })
+        const later = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+        expect(pool.unsafeAcquire("test", "lane", later)).toEqual(Either.left(yield* Effect.flip(pool.acquire("test"))))
+        expect(pool.unsafeAcquire("test", "lane", later)).toEqual(
+          Either.left(new TokenPool.PoolExhausted({ pool: "test", retryAt: later + 20_000 }))
+        )
+        const unknown = pool.unsafeAcquire("nonexistent", "lane", later)
+        expect(unknown).toEqual(Either.left(yield* Effect.flip(pool.acquire("nonexistent"))))
+        expect(unknown !== undefined && Either.isLeft(unknown) && unknown.left._tag).toBe("NoUsableToken")
+      })))
+
+  it.scoped("unsafeInfo is info, read at once; an unknown account is undefined", () =>
+    withPool(2, (pool, lifecycle) =>
+      Effect.gen(function*() {
+        yield* TestClock.adjust("3 seconds")
+        yield* pool.acquire("test")
+        yield* pool.report("test", { accountId: "p1", status: 429, headers: { "retry-after": "60" } })
+        const at = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+        for (const id of ["p0", "p1"]) expect(lifecycle.unsafeInfo(id, at)).toEqual(yield* lifecycle.info(id))
+        expect(lifecycle.unsafeInfo("p0", at)?.lastUsedAt).toBe(3000)
+        expect(lifecycle.unsafeInfo("p1", at)?.status).toBe("rate_limited")
+        expect(lifecycle.unsafeInfo("p1", at + 60_000)?.status).toBe("available")
+        expect(lifecycle.unsafeInfo("nobody", at)).toBeUndefined()
+      })))
+
+  it.scoped("with a rotation shared through the database, unsafeAcquire leaves the answer to acquire", () =>
+    withPool(2, (pool) =>
+      Effect.gen(function*() {
+        expect(pool.unsafeAcquire("test", "lane", 0)).toBeUndefined()
+        expect((yield* pool.acquire("test")).accountId).toBe("p1")
+      })).pipe(
+        Effect.provideService(TokenPool.SharedRotation, Option.some({ claim: () => Effect.succeed(Option.some("p1")) }))
+      ))
 })
 
 describe("SPEC §3.6 counting and listing", () => {

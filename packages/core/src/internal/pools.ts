@@ -6,7 +6,7 @@
  * does not become one fsync per request; changes of standing (rate-limited, invalid) are
  * committed at once with their events.
  */
-import { Clock, Duration, Effect, Either, Option, Queue, Redacted, Ref } from "effect"
+import { Clock, Duration, Effect, Either, MutableRef, Option, Queue, Redacted } from "effect"
 import type { Account } from "../Account.js"
 import { AccountNotFound } from "../Errors.js"
 import type { StoreError } from "../Errors.js"
@@ -25,8 +25,8 @@ import * as Scheduler from "./scheduler.js"
 /** What the pools need of an account actor. */
 export interface PoolActor {
   readonly id: Account["id"]
-  readonly account: Ref.Ref<Account>
-  readonly state: Ref.Ref<TokenState>
+  readonly account: MutableRef.MutableRef<Account>
+  readonly state: MutableRef.MutableRef<TokenState>
 }
 
 interface Entry<A extends PoolActor> {
@@ -122,7 +122,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     /** Brings the actor's place in its pool in line with its state. */
     const sync = (actor: A): Effect.Effect<void> =>
       Effect.gen(function*() {
-        place(actor, yield* Ref.get(actor.account), yield* Ref.get(actor.state), yield* Clock.currentTimeMillis)
+        place(actor, MutableRef.get(actor.account), MutableRef.get(actor.state), yield* Clock.currentTimeMillis)
       })
 
     const remove = (actor: A, pool: string) =>
@@ -158,17 +158,15 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       round++
       const single = singles
       singles = []
-      // (flatMap rather than a generator per actor: a flush may hold 100,000 of them)
-      const usageOf = Effect.forEach(actors, (actor) =>
-        Effect.flatMap(Ref.get(actor.account), ({ pool }) => {
-          const used = usedAt(actor, pool)
-          return Effect.map(
-            Ref.updateAndGet(actor.state, (current) =>
-              used !== undefined && used > Option.getOrElse(current.lastUsedAt, () => 0)
-                ? { ...current, lastUsedAt: Option.some(used) }
-                : current),
-            (state) => ({ id: actor.id, state })
-          )
+      // (one synchronous pass rather than an effect per actor: a flush may hold 100,000 of them)
+      const usageOf = Effect.sync(() =>
+        actors.map((actor) => {
+          const used = usedAt(actor, MutableRef.get(actor.account).pool)
+          const state = MutableRef.updateAndGet(actor.state, (current) =>
+            used !== undefined && used > Option.getOrElse(current.lastUsedAt, () => 0)
+              ? { ...current, lastUsedAt: Option.some(used) }
+              : current)
+          return { id: actor.id, state }
         }))
       // The states are read and written holding their accounts' locks: a commit that landed in
       // between (an update clearing a rate limit, say) would otherwise be undone by the write.
@@ -252,7 +250,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     const recoveries = yield* Scheduler.make<A>(
       (actor) =>
         Effect.gen(function*() {
-          const state = yield* Ref.get(actor.state)
+          const state = MutableRef.get(actor.state)
           const at = yield* Clock.currentTimeMillis
           if (Option.isNone(state.rateLimit) || Token.isLimited(state.rateLimit, at)) return
           const recovered = yield* Events.make({ type: "recovered", accountId: actor.id, detail: "rate limit reset" })
@@ -278,13 +276,23 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         : { _tag: "available" }
     }
 
+    const unsafeExists = (pool: string) => (indexes.get(pool)?.size ?? 0) > 0
+
     const noMembers = (pool: string) =>
       new NoUsableToken({ pool, reason: indexes.get(pool)?.size ? "every token is invalid, missing or expired" : "the pool has no tokens" })
 
-    /**
-     * The hot path: one clock read and one actor read, then plain synchronous work; a wait
-     * for a reset is the only effect in the loop.
-     */
+    /** The hot path: one hand-out from the pool in memory at `at`, for `who`, as plain synchronous work. */
+    const takeNow = (pool: string, who: string, at: number): Either.Either<Lease, AcquireError> => {
+      const result = indexes.get(pool)?.acquire(at, usable(at)) ?? { _tag: "none" as const }
+      if (result._tag === "exhausted") return Either.left(new PoolExhausted({ pool, retryAt: result.retryAt }))
+      // `usable` admits only members with a token
+      const entry = result._tag === "acquired" ? result.member.value : undefined
+      if (entry?.record === undefined) return Either.left(noMembers(pool))
+      handedOut(entry, who, at)
+      return Either.right(lease(entry, entry.record))
+    }
+
+    /** `takeNow`, waiting for a reset within `options.wait`: the wait is the only effect in the loop. */
     const acquireLocal = (pool: string, options: AcquireOptions): Effect.Effect<Lease, AcquireError> =>
       Effect.flatMap(Events.CurrentActor, (who) =>
         Effect.clockWith((clock) => {
@@ -292,17 +300,9 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
           const deadline = options.wait === undefined ? started : started + Duration.toMillis(Duration.decode(options.wait))
           const attempt = (): Effect.Effect<Lease, AcquireError> => {
             const at = clock.unsafeCurrentTimeMillis()
-            const result = indexes.get(pool)?.acquire(at, usable(at)) ?? { _tag: "none" as const }
-            if (result._tag === "acquired") {
-              const entry = result.member.value
-              // `usable` admits only members with a token
-              if (entry.record === undefined) return attempt()
-              handedOut(entry, who, at)
-              return Effect.succeed(lease(entry, entry.record))
-            }
-            if (result._tag === "none") return Effect.fail(noMembers(pool))
-            if (result.retryAt > deadline) return Effect.fail(new PoolExhausted({ pool, retryAt: result.retryAt }))
-            return Effect.zipRight(Effect.sleep(Math.max(0, result.retryAt - at)), Effect.suspend(attempt))
+            const taken = takeNow(pool, who, at)
+            if (Either.isRight(taken) || taken.left._tag === "NoUsableToken" || taken.left.retryAt > deadline) return taken
+            return Effect.zipRight(Effect.sleep(Math.max(0, taken.left.retryAt - at)), Effect.suspend(attempt))
           }
           return attempt()
         }))
@@ -357,13 +357,13 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         const id = input.accountId ?? (input.token === undefined ? undefined : byToken.get(Redacted.value(input.token)))
         if (id === undefined) return yield* new AccountNotFound({ accountId: input.accountId ?? "(unknown token)" })
         const actor = yield* deps.lookup(id)
-        const account = yield* Ref.get(actor.account)
+        const account = MutableRef.get(actor.account)
         if (account.pool !== pool) return yield* new AccountNotFound({ accountId: id })
         const at = yield* Clock.currentTimeMillis
         const observation = observe(deps.drivers.provider(account), input.status, input.headers, at)
         const verdict = observation.verdict
         if (verdict._tag === "unauthorized") {
-          const token = Option.map((yield* Ref.get(actor.state)).token, (record) => record.token)
+          const token = Option.map((MutableRef.get(actor.state)).token, (record) => record.token)
           if (Option.isSome(token)) {
             yield* deps.unauthorized(actor, `the upstream answered ${input.status}`, input.token ?? token.value)
           }
@@ -372,7 +372,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         // Read and written under the account's lock: a change committed meanwhile (an update,
         // say) is never overwritten with the state this report started from.
         yield* deps.lock(actor).withPermits(1)(Effect.gen(function*() {
-          const state = yield* Ref.get(actor.state)
+          const state = MutableRef.get(actor.state)
           // what was seen for a token that has since been replaced says nothing about the new one
           const current = Option.getOrUndefined(state.token)
           if (input.token !== undefined && (current === undefined || Redacted.value(current.token) !== Redacted.value(input.token))) return
@@ -404,7 +404,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
             const recovered = yield* Events.make({ type: "recovered", accountId: id, detail: "the upstream lifted the rate limit" })
             yield* deps.commit(actor, next, [recovered])
           } else {
-            yield* Ref.set(actor.state, next)
+            MutableRef.set(actor.state, next)
             yield* sync(actor)
             dirty.add(actor)
             signal()
@@ -418,8 +418,8 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         let invalid = 0
         let provider = ""
         for (const member of index.all()) {
-          const state = yield* Ref.get(member.value.actor.state)
-          if (provider === "") provider = (yield* Ref.get(member.value.actor.account)).provider
+          const state = MutableRef.get(member.value.actor.state)
+          if (provider === "") provider = (MutableRef.get(member.value.actor.account)).provider
           if (Option.isSome(state.invalid)) invalid++
         }
         return {
@@ -435,6 +435,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
 
     const service: TokenPoolService = {
       acquire,
+      unsafeAcquire: (pool, who, at) => Option.isSome(deps.shared) ? undefined : takeNow(pool, who, at),
       withToken: (pool, use, options = {}) =>
         Effect.flatMap(acquire(pool, options), (leased) =>
           use(leased).pipe(
@@ -464,7 +465,8 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
           if (index === undefined || index.size === 0) return Option.none()
           return Option.some(yield* summary(pool, index, yield* Clock.currentTimeMillis))
         }),
-      exists: (pool) => Effect.sync(() => (indexes.get(pool)?.size ?? 0) > 0),
+      exists: (pool) => Effect.sync(() => unsafeExists(pool)),
+      unsafeExists,
       pools: Effect.gen(function*() {
         const at = yield* Clock.currentTimeMillis
         return yield* Effect.forEach([...indexes].filter(([, index]) => index.size > 0), ([pool, index]) => summary(pool, index, at))
