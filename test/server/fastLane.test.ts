@@ -101,6 +101,20 @@ describe("the fast lane", () => {
       expect(H.isError(yield* acquire(running.url, running.keys.token), 401, "unauthorized")).toBe(true)
     }))
 
+  it.scopedLive("when the keys in memory are over a second old, it reads them again and answers as the key's actor", () =>
+    Effect.gen(function*() {
+      const running = yield* H.start()
+      const lane = yield* laneOnly(running)
+      yield* Effect.sleep(Duration.millis(1_100))
+      expect((yield* acquire(lane.url, running.keys.token)).status).toBe(200)
+      yield* Effect.sleep(Duration.millis(1_100))
+      expect((yield* status(lane.url, running.keys.read, "gh-1")).status).toBe(200)
+      expect(lane.passed()).toBe(0)
+      yield* Effect.sleep(Duration.millis(100)) // one usage flush (20 ms here)
+      const audit = yield* H.call(running, "GET", "/audit?limit=50", { key: running.keys.admin })
+      expect(audit.json.filter((entry: any) => entry.type === "acquired").map((entry: any) => entry.actor)).toEqual(["tokens"])
+    }))
+
   it.scopedLive("answers exactly as the API does: status, acquire, unknown pool, exhausted pool (429, Retry-After), no usable token (503)", () =>
     Effect.gen(function*() {
       const running = yield* H.start()

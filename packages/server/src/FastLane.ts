@@ -1,20 +1,25 @@
 /**
  * The fast lane: the two routes a client calls before each of its own upstream requests,
  * `GET /accounts/{id}/token/status` and `POST /pools/{pool}/acquire`, answered straight from
- * Node's request by one small effect, without the HTTP API's router, middleware chain and
- * per-request decoding (which cost several times the work itself; see the README's
- * benchmarks).
+ * Node's request, without the HTTP API's router, middleware chain and per-request decoding
+ * (which cost several times the work itself; see the README's benchmarks). Both answers are
+ * read and written synchronously, in the request's own callback: a fiber per request cost
+ * more than the answer. Only what cannot be answered at once runs as an effect: an acquire
+ * from a rotation shared through the database, or a request that comes when the API keys in
+ * memory are over a second old.
  *
  * It takes only what it can answer exactly as the API does: the exact path (with an id or
  * pool name the API accepts), no query, no body, and a key that passes authentication with
  * nothing to record (`Auth.makeQuickCheck`). Everything else, every refusal included, goes
  * on to the API unchanged, whose middleware then answers, records and counts it. Both lanes
- * run the same operations (`Handlers.makeAcquire`, `Lifecycle.info`) and write the same JSON
- * (`Wire.tokenInfoJson` and `Wire.leaseJson` are held to the API's encoders; errors are
- * written by `ApiError.encode`, with the status their class declares), and the server tests compare the lanes' answers.
+ * run the same operations (`Handlers.makeAcquire`, `Lifecycle.info` and `unsafeInfo`) and
+ * write the same JSON (`Wire.tokenInfoJson` and `Wire.leaseJson` are held to the API's
+ * encoders; errors are written by `ApiError.encode`, with the status their class declares),
+ * and the server tests compare the lanes' answers.
  */
 import { ApiKeys, Events, Lifecycle, Settings } from "@tessera/core"
-import { Cause, Clock, Effect, Exit, Option, Runtime, Schema } from "effect"
+import type { Token } from "@tessera/core"
+import { Cause, Clock, Effect, Either, Exit, Runtime, Schema } from "effect"
 import type { Fiber } from "effect"
 import type * as Http from "node:http"
 import * as ApiError from "./ApiError.js"
@@ -29,17 +34,21 @@ interface Answer {
   readonly retryAfter?: string | undefined
 }
 
-/** An answer to run, and the runtime to run it in (the actor's). */
-interface Run {
-  readonly run: (effect: Effect.Effect<Option.Option<Answer>>) => Fiber.RuntimeFiber<Option.Option<Answer>>
-  readonly answer: Effect.Effect<Option.Option<Answer>>
+/** Not for this lane: the API answers it. */
+const PASS = Symbol.for("@tessera/server/FastLane/PASS")
+
+/**
+ * A request the lane takes: its answer for an actor, given at once (or `PASS`), or undefined
+ * when only `later` (an effect, run as the actor) can give it.
+ */
+interface Route {
+  readonly scope: ApiKeys.Scope
+  readonly now: (actor: string, at: number) => Answer | typeof PASS | undefined
+  readonly later: () => Effect.Effect<Answer | typeof PASS>
 }
 
 /** More actors than any deployment has keys: the cache starts again past this. */
 const MAX_ACTOR_RUNTIMES = 1_024
-
-/** Not for this lane: the API answers it. */
-const PASS = Option.none<Answer>()
 
 const STATUS_PATH = /^\/accounts\/([^/]+)\/token\/status$/
 const ACQUIRE_PATH = /^\/pools\/([^/]+)\/acquire$/
@@ -53,6 +62,14 @@ const failure = (error: ApiError.Written, retryAfter?: string): Answer => ({
   body: ApiError.encode(error),
   retryAfter
 })
+
+/** An acquire's answer at `at` (from which an exhausted pool's `Retry-After` counts down). */
+const acquired = (result: Either.Either<typeof Wire.Lease.Type, Handlers.AcquireFailure>, at: number): Answer =>
+  Either.isRight(result)
+    ? { status: 200, body: Wire.leaseJson(result.right) }
+    : result.left instanceof Handlers.Exhausted
+    ? failure(result.left.answer, Auth.retryAfterSeconds(result.left.retryAt, at))
+    : failure(result.left)
 
 /** Whether a request carries a body (which the API's edge reads and checks). */
 const hasBody = (request: Http.IncomingMessage) =>
@@ -76,8 +93,9 @@ export const make: Effect.Effect<
   const keys = yield* ApiKeys.ApiKeys
   const acquire = yield* Handlers.makeAcquire
   const runFork = Runtime.runFork(runtime)
+  type Run = (effect: Effect.Effect<Answer | typeof PASS>) => Fiber.RuntimeFiber<Answer | typeof PASS>
   // A runtime per actor (one per API key), so a request does not copy the services to name its actor.
-  const actorRuns = new Map<string, Run["run"]>()
+  const actorRuns = new Map<string, Run>()
   const runAs = (actor: string) => {
     let run = actorRuns.get(actor)
     if (run === undefined) {
@@ -88,72 +106,55 @@ export const make: Effect.Effect<
     return run
   }
 
-  /**
-   * `answer`, run as the request's actor, or undefined when the API must answer the request:
-   * known at once from the keys in memory, or after reading them again when they are over a
-   * second old.
-   */
-  const authenticated = (
-    scope: ApiKeys.Scope,
-    request: Http.IncomingMessage,
-    answer: Effect.Effect<Option.Option<Answer>>
-  ): Run | undefined => {
-    const client = request.socket.remoteAddress ?? "unknown"
-    const check = () => quickCheck(scope, request.headers.authorization, client, clock.unsafeCurrentTimeMillis())
-    const actor = check()
-    if (actor === undefined) return undefined
-    if (actor !== Auth.UNKNOWN) return { run: runAs(actor), answer }
-    const afterReading = Effect.flatMap(Effect.either(keys.hasActive), () => {
-      const again = check()
-      return again === undefined || again === Auth.UNKNOWN
-        ? Effect.succeed(PASS)
-        : Effect.provideService(answer, Events.CurrentActor, again)
-    })
-    return { run: runFork, answer: afterReading }
-  }
-
-  const status = (id: string): Effect.Effect<Option.Option<Answer>> =>
-    lifecycle.info(id).pipe(
-      Effect.map((info) => Option.some({ status: 200, body: Wire.tokenInfoJson(Wire.tokenInfo(info, zone)) })),
+  const statusOf = (info: Token.TokenInfo): Answer => ({ status: 200, body: Wire.tokenInfoJson(Wire.tokenInfo(info, zone)) })
+  const status = (id: string): Route => ({
+    scope: "read",
+    now: (_actor, at) => {
+      const info = lifecycle.unsafeInfo(id, at)
       // an unknown account: the API answers it (it changes nothing)
-      Effect.orElseSucceed(() => PASS)
-    )
+      return info === undefined ? PASS : statusOf(info)
+    },
+    later: () => lifecycle.info(id).pipe(Effect.map(statusOf), Effect.orElseSucceed((): typeof PASS => PASS))
+  })
 
-  /** Runs as the request's actor (see `runAs`). */
-  const lease = (pool: string): Effect.Effect<Option.Option<Answer>> =>
-    acquire(pool, undefined).pipe(
-      Effect.map((leased): Answer => ({ status: 200, body: Wire.leaseJson(leased) })),
-      Effect.catchAll((error) =>
-        error instanceof Handlers.Exhausted
-          ? Effect.map(Clock.currentTimeMillis, (now) => failure(error.answer, Auth.retryAfterSeconds(error.retryAt, now)))
-          : Effect.succeed(failure(error))
-      ),
-      Effect.map(Option.some)
-    )
+  const lease = (pool: string): Route => ({
+    scope: "token",
+    now: (actor, at) => {
+      const result = acquire.now(pool, actor, at)
+      return result === undefined ? undefined : acquired(result, at)
+    },
+    later: () =>
+      Effect.either(acquire.run(pool, undefined)).pipe(
+        Effect.flatMap((result) => Effect.map(Clock.currentTimeMillis, (at) => acquired(result, at)))
+      )
+  })
 
-  /** The effect that answers a request and how to run it, or undefined when it is not one for this lane. */
-  const route = (request: Http.IncomingMessage): Run | undefined => {
+  /** The request's route, or undefined when it is not one for this lane. */
+  const route = (request: Http.IncomingMessage): Route | undefined => {
     const url = request.url ?? ""
     if (url.includes("?") || hasBody(request)) return undefined
     if (request.method === "GET") {
       const id = STATUS_PATH.exec(url)?.[1]
-      if (id === undefined || !isAccountId(id)) return undefined
-      return authenticated("read", request, status(id))
+      return id === undefined || !isAccountId(id) ? undefined : status(id)
     }
     if (request.method === "POST") {
       const pool = ACQUIRE_PATH.exec(url)?.[1]
-      if (pool === undefined || !isPool(pool)) return undefined
-      return authenticated("token", request, lease(pool))
+      return pool === undefined || !isPool(pool) ? undefined : lease(pool)
     }
     return undefined
   }
 
-  return (next: Listener): Listener => (request, response) => {
-    const routed = route(request)
-    if (routed === undefined) return next(request, response)
-    const fiber = routed.run(routed.answer)
+  /** Answers with what `run` gives `effect`, or hands the request on. */
+  const answerLater = (
+    request: Http.IncomingMessage,
+    response: Http.ServerResponse,
+    next: Listener,
+    run: Run,
+    effect: Effect.Effect<Answer | typeof PASS>
+  ) => {
+    const fiber = run(effect)
     fiber.addObserver((exit) => {
-      if (Exit.isSuccess(exit)) return Option.isSome(exit.value) ? write(response, exit.value.value) : next(request, response)
+      if (Exit.isSuccess(exit)) return exit.value === PASS ? next(request, response) : write(response, exit.value)
       // A client that went away gets nothing; anything else is a bug, answered as the API's edge answers it.
       if (Cause.isInterruptedOnly(exit.cause) || response.destroyed) return
       runFork(Effect.logError("unexpected failure while answering a request", exit.cause))
@@ -162,6 +163,33 @@ export const make: Effect.Effect<
     response.on("close", () => {
       if (!response.writableEnded) fiber.unsafeInterruptAsFork(fiber.id())
     })
+  }
+
+  return (next: Listener): Listener => (request, response) => {
+    const taken = route(request)
+    if (taken === undefined) return next(request, response)
+    const client = request.socket.remoteAddress ?? "unknown"
+    const check = () => quickCheck(taken.scope, request.headers.authorization, client, clock.unsafeCurrentTimeMillis())
+    const actor = check()
+    if (actor === undefined) return next(request, response)
+    if (actor === Auth.UNKNOWN) {
+      // the keys in memory are over a second old: read them, then check again
+      return answerLater(
+        request,
+        response,
+        next,
+        runFork,
+        Effect.flatMap(Effect.either(keys.hasActive), () => {
+          const again = check()
+          return again === undefined || again === Auth.UNKNOWN
+            ? Effect.succeed(PASS)
+            : Effect.provideService(taken.later(), Events.CurrentActor, again)
+        })
+      )
+    }
+    const answer = taken.now(actor, clock.unsafeCurrentTimeMillis())
+    if (answer === undefined) return answerLater(request, response, next, runAs(actor), taken.later())
+    return answer === PASS ? next(request, response) : write(response, answer)
   }
 })
 

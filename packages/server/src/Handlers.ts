@@ -8,7 +8,7 @@
  */
 import { HttpApiBuilder, HttpServer, HttpServerResponse } from "@effect/platform"
 import { Account, Events, Lifecycle, Settings, TokenPool, TokenStore, Upstream } from "@tessera/core"
-import type { Errors } from "@tessera/core"
+import type { Errors, Token } from "@tessera/core"
 import { Static } from "@tessera/providers"
 import { Clock, Context, Data, DateTime, Deferred, Effect, Either, Layer, Option, Schedule, Schema, Stream } from "effect"
 import type { Duration } from "effect"
@@ -267,10 +267,11 @@ export const AccountsLive = HttpApiBuilder.group(TesseraApi, "accounts", (handle
 
 // --- pools --------------------------------------------------------------------------------
 
+const poolNotFound = (name: string) => ApiError.notFound("pool_not_found", `pool '${name}' does not exist`)
+
 // On every acquire: a constant-time check, not a summary of the pool
 const existingPool = (pool: TokenPool.TokenPoolService) => (name: string) =>
-  Effect.flatMap(pool.exists(name), (exists) =>
-    exists ? Effect.void : Effect.fail(ApiError.notFound("pool_not_found", `pool '${name}' does not exist`)))
+  Effect.flatMap(pool.exists(name), (exists) => exists ? Effect.void : Effect.fail(poolNotFound(name)))
 
 /** An exhausted pool's answer, with the instant its `Retry-After` header counts down to. */
 export class Exhausted extends Data.TaggedError("Exhausted")<{
@@ -278,34 +279,55 @@ export class Exhausted extends Data.TaggedError("Exhausted")<{
   readonly retryAt: number
 }> {}
 
+export type AcquireFailure = ApiError.NotFound | Exhausted | ApiError.ServiceUnavailable
+
 /**
  * `POST /pools/{pool}/acquire` as both lanes answer it (the API's handler and `FastLane`):
- * the lease, or the API's error, counted either way. Runs as the request's actor.
+ * the lease, or the API's error, counted either way.
  */
-export const makeAcquire = Effect.map(services, ({ metrics, pool, zone }) => {
+export interface Acquire {
+  /** Runs as the request's actor, waiting up to `wait` for a rate limit to reset. */
+  readonly run: (name: string, wait: Duration.DurationInput | undefined) => Effect.Effect<typeof Wire.Lease.Type, AcquireFailure>
+  /**
+   * Answers at once as `who` at `at`, without waiting; undefined when only `run` can answer
+   * (the pool's rotation is shared through the database).
+   */
+  readonly now: (name: string, who: string, at: number) => Either.Either<typeof Wire.Lease.Type, AcquireFailure> | undefined
+}
+
+export const makeAcquire: Effect.Effect<Acquire, never, Services> = Effect.map(services, ({ metrics, pool, zone }) => {
   const existing = existingPool(pool)
-  return (name: string, wait: Duration.DurationInput | undefined) =>
-    Effect.gen(function*() {
-      yield* existing(name)
-      const leased = yield* pool.acquire(name, { wait }).pipe(
-        Effect.tapError((error) => metrics.acquired(name, error._tag === "PoolExhausted" ? "exhausted" : "unusable"))
-      )
-      yield* metrics.acquired(name, "success")
-      return Wire.lease(leased, zone)
-    }).pipe(
-      Effect.catchTags({
-        PoolExhausted: (error) => {
-          const at = Wire.instant(error.retryAt, zone)
-          const answer = new ApiError.TooManyRequests({
-            error: { code: "pool_exhausted", message: error.message },
-            retry_at: at.utc,
-            retry_at_local: at.local
-          })
-          return Effect.fail(new Exhausted({ answer, retryAt: error.retryAt }))
-        },
-        NoUsableToken: (error) => Effect.fail(ApiError.unavailable("no_usable_token", error.message))
-      })
-    )
+  const answer = (name: string, taken: Either.Either<Token.Lease, TokenPool.AcquireError>): Either.Either<typeof Wire.Lease.Type, AcquireFailure> => {
+    if (Either.isRight(taken)) {
+      metrics.unsafeAcquired(name, "success")
+      return Either.right(Wire.lease(taken.right, zone))
+    }
+    const error = taken.left
+    if (error._tag === "NoUsableToken") {
+      metrics.unsafeAcquired(name, "unusable")
+      return Either.left(ApiError.unavailable("no_usable_token", error.message))
+    }
+    metrics.unsafeAcquired(name, "exhausted")
+    const at = Wire.instant(error.retryAt, zone)
+    const exhausted = new ApiError.TooManyRequests({
+      error: { code: "pool_exhausted", message: error.message },
+      retry_at: at.utc,
+      retry_at_local: at.local
+    })
+    return Either.left(new Exhausted({ answer: exhausted, retryAt: error.retryAt }))
+  }
+  return {
+    run: (name, wait) =>
+      Effect.zipRight(
+        existing(name),
+        Effect.flatMap(Effect.either(pool.acquire(name, { wait })), (taken) => answer(name, taken))
+      ),
+    now: (name, who, at) => {
+      if (!pool.unsafeExists(name)) return Either.left(poolNotFound(name))
+      const taken = pool.unsafeAcquire(name, who, at)
+      return taken === undefined ? undefined : answer(name, taken)
+    }
+  }
 })
 
 export const PoolsLive = HttpApiBuilder.group(TesseraApi, "pools", (handlers) =>
@@ -345,7 +367,7 @@ export const PoolsLive = HttpApiBuilder.group(TesseraApi, "pools", (handlers) =>
           return Wire.tokenInfo(added, zone)
         }).pipe(Effect.catchTags({ AccountExists: accountExists, TokenRejected: malformedToken, StoreError: storeFailed })))
       .handle("acquire", ({ path, urlParams }) =>
-        acquire(path.pool, urlParams.wait).pipe(
+        acquire.run(path.pool, urlParams.wait).pipe(
           Effect.catchTag("Exhausted", ({ answer, retryAt }) => Effect.zipRight(retryAfter(retryAt), Effect.fail(answer)))
         ))
       .handle("report", ({ path, payload }) =>

@@ -21,6 +21,8 @@ export interface Counters {
 
 export interface MetricsService {
   readonly acquired: (pool: string, outcome: AcquireOutcome) => Effect.Effect<void>
+  /** `acquired`, counted at once (for the fast lane, which answers without a fiber). */
+  readonly unsafeAcquired: (pool: string, outcome: AcquireOutcome) => void
   readonly denied: (status: number) => Effect.Effect<void>
   readonly counters: Effect.Effect<Counters>
 }
@@ -52,14 +54,16 @@ export const layer: Layer.Layer<Metrics, never, Events.Events> = Layer.scoped(
       Effect.forkScoped
     )
 
+    const unsafeAcquired = (pool: string, outcome: AcquireOutcome) => {
+      const key = `${pool}\u0000${outcome}`
+      const entry = acquires.get(key)
+      if (entry === undefined) acquires.set(key, { pool, outcome, count: 1 })
+      else entry.count++
+    }
+
     return {
-      acquired: (pool, outcome) =>
-        Effect.sync(() => {
-          const key = `${pool}\u0000${outcome}`
-          const entry = acquires.get(key)
-          if (entry === undefined) acquires.set(key, { pool, outcome, count: 1 })
-          else entry.count++
-        }),
+      acquired: (pool, outcome) => Effect.sync(() => unsafeAcquired(pool, outcome)),
+      unsafeAcquired,
       denied: (status) => Effect.sync(() => void denied.set(status, (denied.get(status) ?? 0) + 1)),
       counters: Effect.sync(() => ({
         events: new Map(Array.from(events, ([key, value]) => [key, { ...value }])),
