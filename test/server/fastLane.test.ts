@@ -4,8 +4,9 @@
  * request is had by adding a query the API ignores (`?via=api`): the lane takes no query.
  */
 import { describe, expect, it } from "@effect/vitest"
+import { Lifecycle } from "@tessera/core"
 import { Auth, FastLane } from "@tessera/server"
-import { Duration, Effect } from "effect"
+import { Duration, Effect, Logger } from "effect"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as H from "./harness.js"
@@ -14,9 +15,19 @@ import * as H from "./harness.js"
  * A Node server with only the lane in front of a `next` that answers 599 and counts: what
  * comes back 599 is what the lane did not take.
  */
-const laneOnly = (running: H.Running, throttle = Auth.makeThrottle({ limit: 3, window: Duration.minutes(1), clients: 100 })) =>
+const laneOnly = (
+  running: H.Running,
+  throttle = Auth.makeThrottle({ limit: 3, window: Duration.minutes(1), clients: 100 }),
+  lifecycle: Lifecycle.LifecycleService = running.lifecycle,
+  logged: Array<string> = []
+) =>
   Effect.gen(function*() {
-    const lane = yield* FastLane.make.pipe(Effect.provide(running.context), Effect.provideService(Auth.Throttle, throttle))
+    const lane = yield* FastLane.make.pipe(
+      Effect.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => void logged.push(String(message))))),
+      Effect.provideService(Lifecycle.Lifecycle, lifecycle),
+      Effect.provide(running.context),
+      Effect.provideService(Auth.Throttle, throttle)
+    )
     let passed = 0
     const server = Http.createServer(lane((_, response) => {
       passed++
@@ -113,6 +124,26 @@ describe("the fast lane", () => {
       yield* Effect.sleep(Duration.millis(100)) // one usage flush (20 ms here)
       const audit = yield* H.call(running, "GET", "/audit?limit=50", { key: running.keys.admin })
       expect(audit.json.filter((entry: any) => entry.type === "acquired").map((entry: any) => entry.actor)).toEqual(["tokens"])
+    }))
+
+  it.scopedLive("a failure while answering (a bug) is a logged 500, and the lane goes on serving", () =>
+    Effect.gen(function*() {
+      const running = yield* H.start()
+      const broken: Lifecycle.LifecycleService = {
+        ...running.lifecycle,
+        unsafeInfo: (id, at) => {
+          if (id === "gh-2") throw new Error("a bug")
+          return running.lifecycle.unsafeInfo(id, at)
+        }
+      }
+      const logged: Array<string> = []
+      const lane = yield* laneOnly(running, undefined, broken, logged)
+      expect((yield* status(lane.url, running.keys.read, "gh-1")).status).toBe(200) // the keys are read: answers come at once
+      expect(H.isError(yield* status(lane.url, running.keys.read, "gh-2"), 500, "internal")).toBe(true)
+      expect(logged).toEqual(["unexpected failure while answering a request"])
+      expect((yield* status(lane.url, running.keys.read, "gh-1")).status).toBe(200)
+      expect((yield* acquire(lane.url, running.keys.token)).status).toBe(200)
+      expect(lane.passed()).toBe(0)
     }))
 
   it.scopedLive("answers exactly as the API does: status, acquire, unknown pool, exhausted pool (429, Retry-After), no usable token (503)", () =>

@@ -144,6 +144,12 @@ export const make: Effect.Effect<
     return undefined
   }
 
+  /** An unexpected failure (a bug): logged, and answered as the API's edge answers it. */
+  const answerDefect = (response: Http.ServerResponse, cause: Cause.Cause<unknown>) => {
+    runFork(Effect.logError("unexpected failure while answering a request", cause))
+    write(response, failure(ApiError.internal()))
+  }
+
   /** Answers with what `run` gives `effect`, or hands the request on. */
   const answerLater = (
     request: Http.IncomingMessage,
@@ -156,9 +162,7 @@ export const make: Effect.Effect<
     fiber.addObserver((exit) => {
       if (Exit.isSuccess(exit)) return exit.value === PASS ? next(request, response) : write(response, exit.value)
       // A client that went away gets nothing; anything else is a bug, answered as the API's edge answers it.
-      if (Cause.isInterruptedOnly(exit.cause) || response.destroyed) return
-      runFork(Effect.logError("unexpected failure while answering a request", exit.cause))
-      write(response, failure(ApiError.internal()))
+      if (!Cause.isInterruptedOnly(exit.cause) && !response.destroyed) answerDefect(response, exit.cause)
     })
     response.on("close", () => {
       if (!response.writableEnded) fiber.unsafeInterruptAsFork(fiber.id())
@@ -187,7 +191,13 @@ export const make: Effect.Effect<
         })
       )
     }
-    const answer = taken.now(actor, clock.unsafeCurrentTimeMillis())
+    let answer: Answer | typeof PASS | undefined
+    try {
+      answer = taken.now(actor, clock.unsafeCurrentTimeMillis())
+    } catch (defect) {
+      // thrown in Node's request callback, it would end the process
+      return answerDefect(response, Cause.die(defect))
+    }
     if (answer === undefined) return answerLater(request, response, next, runAs(actor), taken.later())
     return answer === PASS ? next(request, response) : write(response, answer)
   }
