@@ -152,6 +152,21 @@ interface Actor {
   /** The token record loaded from the store at startup, while it is still the current one. */
   restored: TokenRecord | undefined
   /**
+   * The public view last shown, with what it was made of: shown again while none of that
+   * changes, until its status or countdown would (`Token.infoSteadyUntil`).
+   */
+  shown:
+    | {
+      readonly account: Account
+      readonly state: TokenState
+      readonly used: number | undefined
+      readonly restored: TokenRecord | undefined
+      readonly from: number
+      readonly until: number
+      readonly info: TokenInfo
+    }
+    | undefined
+  /**
    * A rotated credential (an OAuth2 refresh token) the store could not take: the upstream has
    * retired the previous one, so this is the only copy. Used from memory and written with
    * the account's next commit.
@@ -229,10 +244,22 @@ export const make = Effect.gen(function*() {
     ))
 
   /** The public view; a pool's record of the last hand-out is fresher than the saved state. */
+  /** The public view at `at`: the one shown last while nothing it is made of has changed. */
   const infoAt = (actor: Actor, at: number): TokenInfo => {
     const account = MutableRef.get(actor.account)
     const state = MutableRef.get(actor.state)
     const used = pools.usedAt(actor, account.pool)
+    const shown = actor.shown
+    if (
+      shown !== undefined && shown.account === account && shown.state === state && shown.used === used &&
+      shown.restored === actor.restored && at >= shown.from && at < shown.until
+    ) return shown.info
+    const info = makeInfo(actor, account, state, used, at)
+    actor.shown = { account, state, used, restored: actor.restored, from: at, until: Token.infoSteadyUntil(state, at), info }
+    return info
+  }
+
+  const makeInfo = (actor: Actor, account: Account, state: TokenState, used: number | undefined, at: number): TokenInfo => {
     const fresher = used !== undefined && used > Option.getOrElse(state.lastUsedAt, () => 0)
     const shown = fresher ? { ...state, lastUsedAt: Option.some(used) } : state
     // A token loaded from the store says so while it lasts (a static token is always static);
@@ -245,6 +272,7 @@ export const make = Effect.gen(function*() {
       at
     )
   }
+
   const infoOf = (actor: Actor): Effect.Effect<TokenInfo> => Effect.map(now, (at) => infoAt(actor, at))
 
   /**
@@ -585,6 +613,7 @@ export const make = Effect.gen(function*() {
     flight: undefined,
     startup,
     restored: undefined,
+    shown: undefined,
     unsaved: undefined
   })
 

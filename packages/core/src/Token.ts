@@ -169,6 +169,24 @@ export const info = (
   }, true) // built from a valid state: checking every field again costs more than all the rest
 }
 
+/**
+ * Until when `info` of this state, read at `now`, reads the same: the first whole millisecond
+ * after `now` at which its status or its seconds to expiry may change (the token expiring, a
+ * rate limit resetting, the countdown's next second); Infinity when neither can. Nothing else
+ * in it depends on the time, so an info can be kept and shown again until then.
+ */
+export const infoSteadyUntil = (state: TokenState, now: number): number => {
+  let until = Infinity
+  const expiresAt = Option.getOrUndefined(Option.flatMap(state.token, (record) => record.expiresAt))
+  if (expiresAt !== undefined && expiresAt > now) {
+    // `expiresInSeconds` is k while expiresAt - t is in [1000k, 1000(k + 1)); the status turns at expiresAt
+    const k = Math.floor((expiresAt - now) / 1000)
+    until = Math.min(Math.floor(expiresAt - 1000 * k) + 1, Math.ceil(expiresAt))
+  }
+  if (isLimited(state.rateLimit, now)) until = Math.min(until, Math.ceil(Option.getOrThrow(state.rateLimit).resetAt ?? now))
+  return until
+}
+
 /** A token handed out for use: what `acquire` and `get` return. */
 export interface Lease {
   readonly accountId: AccountId

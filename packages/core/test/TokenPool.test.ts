@@ -293,6 +293,14 @@ describe("answers at once, without an effect (for the HTTP fast lane)", () => {
         expect(lifecycle.unsafeInfo("p1", at)?.status).toBe("rate_limited")
         expect(lifecycle.unsafeInfo("p1", at + 60_000)?.status).toBe("available")
         expect(lifecycle.unsafeInfo("nobody", at)).toBeUndefined()
+        // kept while nothing it shows changes; a use or a report shows at once
+        const shown = lifecycle.unsafeInfo("p0", at + 1)
+        expect(lifecycle.unsafeInfo("p0", at + 2)).toBe(shown)
+        yield* TestClock.adjust("1 second")
+        yield* pool.acquire("test")
+        expect(lifecycle.unsafeInfo("p0", at + 1_000)?.lastUsedAt).toBe(at + 1_000)
+        yield* pool.report("test", { accountId: "p0", status: 401, headers: {} })
+        expect(lifecycle.unsafeInfo("p0", at + 1_000)?.status).toBe("invalid")
       })))
 
   it.scoped("with a rotation shared through the database, unsafeAcquire leaves the answer to acquire", () =>

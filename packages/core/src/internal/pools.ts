@@ -41,6 +41,8 @@ interface Entry<A extends PoolActor> {
    */
   dirtyIn?: number | undefined
   counted?: { readonly round: number; readonly who: string; readonly acquires: { count: number } } | undefined
+  /** What a hand-out of this entry gives: made on the first one (an entry is replaced when its token or limit changes). */
+  lease?: Lease | undefined
 }
 
 export interface Deps<A extends PoolActor> {
@@ -289,7 +291,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       const entry = result._tag === "acquired" ? result.member.value : undefined
       if (entry?.record === undefined) return Either.left(noMembers(pool))
       handedOut(entry, who, at)
-      return Either.right(lease(entry, entry.record))
+      return Either.right(entry.lease ??= lease(entry, entry.record))
     }
 
     /** `takeNow`, waiting for a reset within `options.wait`: the wait is the only effect in the loop. */
