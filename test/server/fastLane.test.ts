@@ -193,6 +193,36 @@ describe("the fast lane", () => {
       expect(none.fast.text).toBe(none.api.text)
     }))
 
+  it.scopedLive("what it shows follows every change at once: a new token, a use, a limit", () =>
+    Effect.gen(function*() {
+      const running = yield* H.start()
+      const { admin, read, token } = running.keys
+      const leased = new Map<string, string>()
+      for (let i = 0; i < 3; i++) {
+        const answer = yield* acquire(running.url, token)
+        leased.set(answer.json.account_id, answer.json.access_token)
+      }
+      expect(leased.get("gh-1")).toBe(H.GH_TOKENS[0])
+      const before = (yield* status(running.url, read, "gh-1")).json
+      yield* H.call(running, "POST", "/accounts/gh-1/token/update?validate=false", {
+        key: admin,
+        body: { access_token: "ghp_replaced_token_0123456789" }
+      })
+      const after = yield* status(running.url, read, "gh-1")
+      expect(after.json.token_preview).toBe("ghp_…6789")
+      expect(after.json.source).toBe("manual")
+      expect(after.json.issued_at).not.toBe(before.issued_at)
+      // gh-1 was used longest ago: it is next, with its new token
+      const next = yield* acquire(running.url, token)
+      expect([next.json.account_id, next.json.access_token]).toEqual(["gh-1", "ghp_replaced_token_0123456789"])
+      expect((yield* status(running.url, read, "gh-1")).json.last_used_at).not.toBe(after.json.last_used_at)
+      yield* H.call(running, "POST", "/pools/github/report", {
+        key: token,
+        body: { account_id: "gh-1", status: 429, headers: { "retry-after": "60" } }
+      })
+      expect((yield* status(running.url, read, "gh-1")).json.status).toBe("rate_limited")
+    }))
+
   it.scopedLive("its acquires are counted and audited under the key's name like the API's", () =>
     Effect.gen(function*() {
       const running = yield* H.start()

@@ -63,13 +63,26 @@ const failure = (error: ApiError.Written, retryAfter?: string): Answer => ({
   retryAfter
 })
 
-/** An acquire's answer at `at` (from which an exhausted pool's `Retry-After` counts down). */
-const acquired = (result: Either.Either<typeof Wire.Lease.Type, Handlers.AcquireFailure>, at: number): Answer =>
-  Either.isRight(result)
-    ? { status: 200, body: Wire.leaseJson(result.right) }
-    : result.left instanceof Handlers.Exhausted
-    ? failure(result.left.answer, Auth.retryAfterSeconds(result.left.retryAt, at))
-    : failure(result.left)
+/** How many answers `remembered` keeps before it forgets them all and starts again. */
+const REMEMBERED = 4_096
+
+/**
+ * `answer`, remembered by its (immutable) input: the lifecycle shows an account's info
+ * again while nothing in it changes, and the pool hands an entry's lease out again until its
+ * token or limit changes, so most answers are text already written.
+ */
+const remembered = <K extends object>(answer: (key: K) => Answer) => {
+  const answers = new Map<K, Answer>()
+  return (key: K): Answer => {
+    let known = answers.get(key)
+    if (known === undefined) {
+      if (answers.size >= REMEMBERED) answers.clear()
+      known = answer(key)
+      answers.set(key, known)
+    }
+    return known
+  }
+}
 
 /** Whether a request carries a body (which the API's edge reads and checks). */
 const hasBody = (request: Http.IncomingMessage) =>
@@ -106,7 +119,17 @@ export const make: Effect.Effect<
     return run
   }
 
-  const statusOf = (info: Token.TokenInfo): Answer => ({ status: 200, body: Wire.tokenInfoJson(Wire.tokenInfo(info, zone)) })
+  const statusOf = remembered((info: Token.TokenInfo): Answer => ({ status: 200, body: Wire.tokenInfoJson(Wire.tokenInfo(info, zone)) }))
+  const leaseOf = remembered((leased: Token.Lease): Answer => ({ status: 200, body: Wire.leaseJson(Wire.lease(leased, zone)) }))
+
+  /** An acquire's answer at `at` (from which an exhausted pool's `Retry-After` counts down). */
+  const acquired = (result: Either.Either<Token.Lease, Handlers.AcquireFailure>, at: number): Answer =>
+    Either.isRight(result)
+      ? leaseOf(result.right)
+      : result.left instanceof Handlers.Exhausted
+      ? failure(result.left.answer, Auth.retryAfterSeconds(result.left.retryAt, at))
+      : failure(result.left)
+
   const status = (id: string): Route => ({
     scope: "read",
     now: (_actor, at) => {

@@ -287,20 +287,20 @@ export type AcquireFailure = ApiError.NotFound | Exhausted | ApiError.ServiceUna
  */
 export interface Acquire {
   /** Runs as the request's actor, waiting up to `wait` for a rate limit to reset. */
-  readonly run: (name: string, wait: Duration.DurationInput | undefined) => Effect.Effect<typeof Wire.Lease.Type, AcquireFailure>
+  readonly run: (name: string, wait: Duration.DurationInput | undefined) => Effect.Effect<Token.Lease, AcquireFailure>
   /**
    * Answers at once as `who` at `at`, without waiting; undefined when only `run` can answer
    * (the pool's rotation is shared through the database).
    */
-  readonly now: (name: string, who: string, at: number) => Either.Either<typeof Wire.Lease.Type, AcquireFailure> | undefined
+  readonly now: (name: string, who: string, at: number) => Either.Either<Token.Lease, AcquireFailure> | undefined
 }
 
 export const makeAcquire: Effect.Effect<Acquire, never, Services> = Effect.map(services, ({ metrics, pool, zone }) => {
   const existing = existingPool(pool)
-  const answer = (name: string, taken: Either.Either<Token.Lease, TokenPool.AcquireError>): Either.Either<typeof Wire.Lease.Type, AcquireFailure> => {
+  const answer = (name: string, taken: Either.Either<Token.Lease, TokenPool.AcquireError>): Either.Either<Token.Lease, AcquireFailure> => {
     if (Either.isRight(taken)) {
       metrics.unsafeAcquired(name, "success")
-      return Either.right(Wire.lease(taken.right, zone))
+      return Either.right(taken.right)
     }
     const error = taken.left
     if (error._tag === "NoUsableToken") {
@@ -368,6 +368,7 @@ export const PoolsLive = HttpApiBuilder.group(TesseraApi, "pools", (handlers) =>
         }).pipe(Effect.catchTags({ AccountExists: accountExists, TokenRejected: malformedToken, StoreError: storeFailed })))
       .handle("acquire", ({ path, urlParams }) =>
         acquire.run(path.pool, urlParams.wait).pipe(
+          Effect.map((leased) => Wire.lease(leased, zone)),
           Effect.catchTag("Exhausted", ({ answer, retryAt }) => Effect.zipRight(retryAfter(retryAt), Effect.fail(answer)))
         ))
       .handle("report", ({ path, payload }) =>
