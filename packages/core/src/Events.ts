@@ -76,13 +76,26 @@ export class Events extends Context.Tag("@tessera/core/Events")<Events, EventsSe
 /** How many events a live subscriber may fall behind before it loses the oldest. */
 const SUBSCRIBER_BACKLOG = 4096
 
+/**
+ * How many events go out at once. A flush of a busy pool publishes one hand-out per acquire
+ * of the last second, far more than a backlog: it goes out in slices, and subscribers that
+ * keep up (the metrics, the log) take each slice before the next, so they lose none.
+ */
+const PUBLISH_SLICE = SUBSCRIBER_BACKLOG / 4
+
 export const layer: Layer.Layer<Events> = Layer.scoped(
   Events,
   Effect.gen(function*() {
     const pubsub = yield* Effect.acquireRelease(PubSub.sliding<TokenEvent>(SUBSCRIBER_BACKLOG), PubSub.shutdown)
+    const publishFrom = (events: ReadonlyArray<TokenEvent>, start: number): Effect.Effect<void> => {
+      const slice = PubSub.publishAll(pubsub, start === 0 && events.length <= PUBLISH_SLICE ? events : events.slice(start, start + PUBLISH_SLICE))
+      return start + PUBLISH_SLICE >= events.length
+        ? Effect.asVoid(slice)
+        : Effect.zipRight(slice, Effect.zipRight(Effect.yieldNow(), Effect.suspend(() => publishFrom(events, start + PUBLISH_SLICE))))
+    }
     return {
       publish: (event) => Effect.asVoid(PubSub.publish(pubsub, event)),
-      publishAll: (events) => Effect.asVoid(PubSub.publishAll(pubsub, events)),
+      publishAll: (events) => Effect.suspend(() => publishFrom(Array.isArray(events) ? events : Array.from(events), 0)),
       subscribe: PubSub.subscribe(pubsub),
       stream: Stream.fromPubSub(pubsub)
     }

@@ -93,4 +93,21 @@ describe("events and audit", () => {
       yield* run(LogLevel.Debug)
       expect(lines).toEqual(["DEBUG acquired gh-1 success: token handed out (by library)", "INFO refreshed gh-1 success (by library)"])
     }))
+
+  it.scoped("a burst larger than a subscriber's backlog (a busy pool's flush) reaches a subscriber that keeps up whole", () =>
+    Effect.gen(function*() {
+      const events = yield* Events.Events
+      const subscription = yield* events.subscribe
+      let seen = 0
+      yield* Queue.takeBetween(subscription, 1, Number.MAX_SAFE_INTEGER).pipe(
+        Effect.tap((batch) => Effect.sync(() => (seen += Chunk.size(batch)))),
+        Effect.forever,
+        Effect.forkScoped
+      )
+      const burst = Array.from({ length: 20_000 }, (_, i) =>
+        new Events.TokenEvent({ type: "acquired", accountId: `p${i % 100}`, at: i, actor: "bench", outcome: "success", detail: "", data: {} }))
+      yield* events.publishAll(burst)
+      yield* Effect.repeatN(Effect.yieldNow(), 10)
+      expect(seen).toBe(20_000)
+    }).pipe(Effect.provide(Events.layer)))
 })
