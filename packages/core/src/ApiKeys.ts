@@ -135,7 +135,8 @@ export const generateSecret = (): Redacted.Redacted<string> =>
   Redacted.make(`${PREFIX}${crypto.randomBytes(32).toString("base64url")}`)
 
 const hash = (secret: Redacted.Redacted<string>): Buffer => hashText(Redacted.value(secret))
-const hashText = (secret: string): Buffer => crypto.createHash("sha256").update(secret, "utf8").digest()
+// one call, without a Hash stream object: half the cost of createHash on every request (Node >= 20.12)
+const hashText = (secret: string): Buffer => crypto.hash("sha256", secret, "buffer")
 
 /**
  * The active key whose hash is `presented`'s. Every active hash is compared, whatever matched
