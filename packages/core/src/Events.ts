@@ -5,7 +5,7 @@
  * server's `/events` stream, metrics). Events never hold a secret: only ids, statuses,
  * times and human-readable details.
  */
-import { Context, Effect, Layer, PubSub, Queue, Schema, Stream } from "effect"
+import { Chunk, Context, Effect, FiberRef, Layer, LogLevel, PubSub, Queue, Schema, Stream } from "effect"
 import { dual } from "effect/Function"
 import type { Scope } from "effect"
 
@@ -115,14 +115,19 @@ export const layerLogged: Layer.Layer<Events> = Layer.scoped(
   Effect.gen(function*() {
     const events = yield* Layer.build(layer).pipe(Effect.map(Context.get(Events)))
     const subscription = yield* events.subscribe
-    // Hand-outs are routine (one per acquire, kept in the audit log): the rest is news.
-    const log = (event: TokenEvent) =>
-      event.type === "acquired"
-        ? Effect.whenLogLevel(Effect.suspend(() => Effect.logDebug(describe(event))), "Debug")
-        : Effect.logInfo(describe(event))
-    // taken in batches: a busy pool publishes thousands of hand-outs a second
+    // Hand-outs are routine (one per acquire, kept in the audit log): the rest is news. They
+    // come in batches of thousands, so whether debug lines are wanted is asked once a batch.
+    const logBatch = (batch: Chunk.Chunk<TokenEvent>, debug: boolean) =>
+      Effect.forEach(batch, (event) =>
+        event.type !== "acquired"
+          ? Effect.logInfo(describe(event))
+          : debug
+          ? Effect.logDebug(describe(event))
+          : Effect.void, { discard: true })
     yield* Queue.takeBetween(subscription, 1, Number.MAX_SAFE_INTEGER).pipe(
-      Effect.flatMap((batch) => Effect.forEach(batch, log, { discard: true })),
+      Effect.flatMap((batch) =>
+        Effect.flatMap(FiberRef.get(FiberRef.currentMinimumLogLevel), (minimum) =>
+          logBatch(batch, LogLevel.lessThanEqual(minimum, LogLevel.Debug)))),
       Effect.forever,
       Effect.forkScoped
     )
