@@ -63,25 +63,30 @@ const failure = (error: ApiError.Written, retryAfter?: string): Answer => ({
   retryAfter
 })
 
-/** How many answers `remembered` keeps before it forgets them all and starts again. */
-const REMEMBERED = 4_096
+/** A map that forgets everything once it holds `max` entries. */
+class Bounded<K, V> extends Map<K, V> {
+  constructor(private readonly max: number) {
+    super()
+  }
+  override set(key: K, value: V) {
+    if (this.size >= this.max && !this.has(key)) this.clear()
+    return super.set(key, value)
+  }
+}
 
 /**
- * `answer`, remembered by its (immutable) input: the lifecycle shows an account's info
- * again while nothing in it changes, and the pool hands an entry's lease out again until its
- * token or limit changes, so most answers are text already written.
+ * `answer`, remembered in `answers` by its (immutable) input: the lifecycle shows an
+ * account's info again while nothing in it changes, and the pool hands an entry's lease out
+ * again until its token or limit changes, so most answers are text already written.
  */
-const remembered = <K extends object>(answer: (key: K) => Answer) => {
-  const answers = new Map<K, Answer>()
-  return (key: K): Answer => {
-    let known = answers.get(key)
-    if (known === undefined) {
-      if (answers.size >= REMEMBERED) answers.clear()
-      known = answer(key)
-      answers.set(key, known)
-    }
-    return known
-  }
+const remembered = <K extends object>(
+  answers: { get(key: K): Answer | undefined; set(key: K, answer: Answer): unknown },
+  answer: (key: K) => Answer
+) =>
+(key: K): Answer => {
+  let known = answers.get(key)
+  if (known === undefined) answers.set(key, known = answer(key))
+  return known
 }
 
 /** Whether a request carries a body (which the API's edge reads and checks). */
@@ -119,8 +124,16 @@ export const make: Effect.Effect<
     return run
   }
 
-  const statusOf = remembered((info: Token.TokenInfo): Answer => ({ status: 200, body: Wire.tokenInfoJson(Wire.tokenInfo(info, zone)) }))
-  const leaseOf = remembered((leased: Token.Lease): Answer => ({ status: 200, body: Wire.leaseJson(Wire.lease(leased, zone)) }))
+  // A status holds no secret: the last 4,096 are kept, whatever the number of accounts.
+  const statusOf = remembered(
+    new Bounded<Token.TokenInfo, Answer>(4_096),
+    (info): Answer => ({ status: 200, body: Wire.tokenInfoJson(Wire.tokenInfo(info, zone)) })
+  )
+  // A lease reveals its token: kept only while the pool's entry (and so the lease) lives.
+  const leaseOf = remembered(
+    new WeakMap<Token.Lease, Answer>(),
+    (leased): Answer => ({ status: 200, body: Wire.leaseJson(Wire.lease(leased, zone)) })
+  )
 
   /** An acquire's answer at `at` (from which an exhausted pool's `Retry-After` counts down). */
   const acquired = (result: Either.Either<Token.Lease, Handlers.AcquireFailure>, at: number): Answer =>
