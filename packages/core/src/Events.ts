@@ -88,7 +88,7 @@ export const layer: Layer.Layer<Events> = Layer.scoped(
   Effect.gen(function*() {
     const pubsub = yield* Effect.acquireRelease(PubSub.sliding<TokenEvent>(SUBSCRIBER_BACKLOG), PubSub.shutdown)
     const publishFrom = (events: ReadonlyArray<TokenEvent>, start: number): Effect.Effect<void> => {
-      const slice = PubSub.publishAll(pubsub, start === 0 && events.length <= PUBLISH_SLICE ? events : events.slice(start, start + PUBLISH_SLICE))
+      const slice = PubSub.publishAll(pubsub, events.length <= PUBLISH_SLICE ? events : events.slice(start, start + PUBLISH_SLICE))
       return start + PUBLISH_SLICE >= events.length
         ? Effect.asVoid(slice)
         : Effect.zipRight(slice, Effect.zipRight(Effect.yieldNow(), Effect.suspend(() => publishFrom(events, start + PUBLISH_SLICE))))

@@ -243,7 +243,6 @@ export const make = Effect.gen(function*() {
       () => new TokenUnavailable({ accountId: actor.id, status: "missing", reason: "the renewal was cancelled" })
     ))
 
-  /** The public view; a pool's record of the last hand-out is fresher than the saved state. */
   /** The public view at `at`: the one shown last while nothing it is made of has changed. */
   const infoAt = (actor: Actor, at: number): TokenInfo => {
     const account = MutableRef.get(actor.account)
@@ -259,6 +258,7 @@ export const make = Effect.gen(function*() {
     return info
   }
 
+  /** The public view; a pool's record of the last hand-out is fresher than the saved state. */
   const makeInfo = (actor: Actor, account: Account, state: TokenState, used: number | undefined, at: number): TokenInfo => {
     const fresher = used !== undefined && used > Option.getOrElse(state.lastUsedAt, () => 0)
     const shown = fresher ? { ...state, lastUsedAt: Option.some(used) } : state
@@ -349,7 +349,7 @@ export const make = Effect.gen(function*() {
   const forget = (actor: Actor) =>
     Effect.gen(function*() {
       yield* Effect.sync(() => actors.delete(actor.id))
-      yield* pools.remove(actor, (MutableRef.get(actor.account)).pool)
+      yield* pools.remove(actor, MutableRef.get(actor.account).pool)
       yield* scheduler.cancel(actor.id)
       yield* FiberMap.remove(background, actor.id)
       if (actor.flight !== undefined) yield* actor.flight.interrupt

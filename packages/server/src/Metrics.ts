@@ -20,8 +20,7 @@ export interface Counters {
 }
 
 export interface MetricsService {
-  readonly acquired: (pool: string, outcome: AcquireOutcome) => Effect.Effect<void>
-  /** `acquired`, counted at once (for the fast lane, which answers without a fiber). */
+  /** Counts an acquire answer, at once: both lanes call it, the fast one without a fiber. */
   readonly unsafeAcquired: (pool: string, outcome: AcquireOutcome) => void
   readonly denied: (status: number) => Effect.Effect<void>
   readonly counters: Effect.Effect<Counters>
@@ -62,7 +61,6 @@ export const layer: Layer.Layer<Metrics, never, Events.Events> = Layer.scoped(
     }
 
     return {
-      acquired: (pool, outcome) => Effect.sync(() => unsafeAcquired(pool, outcome)),
       unsafeAcquired,
       denied: (status) => Effect.sync(() => void denied.set(status, (denied.get(status) ?? 0) + 1)),
       counters: Effect.sync(() => ({

@@ -365,7 +365,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         const observation = observe(deps.drivers.provider(account), input.status, input.headers, at)
         const verdict = observation.verdict
         if (verdict._tag === "unauthorized") {
-          const token = Option.map((MutableRef.get(actor.state)).token, (record) => record.token)
+          const token = Option.map(MutableRef.get(actor.state).token, (record) => record.token)
           if (Option.isSome(token)) {
             yield* deps.unauthorized(actor, `the upstream answered ${input.status}`, input.token ?? token.value)
           }
@@ -421,7 +421,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         let provider = ""
         for (const member of index.all()) {
           const state = MutableRef.get(member.value.actor.state)
-          if (provider === "") provider = (MutableRef.get(member.value.actor.account)).provider
+          if (provider === "") provider = MutableRef.get(member.value.actor.account).provider
           if (Option.isSome(state.invalid)) invalid++
         }
         return {
