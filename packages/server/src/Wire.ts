@@ -290,11 +290,16 @@ const QUARTER_HOUR_MS = 15 * 60_000
 const MAX_MEMO = 4_096
 const offsetMemo = new WeakMap<DateTime.TimeZone, Map<number, number>>()
 
+const zoneOffset = (at: number, zone: DateTime.TimeZone): number =>
+  DateTime.zonedOffset(DateTime.unsafeMakeZoned(at, { timeZone: zone }))
+
 /**
  * `zone`'s offset from UTC at `at`, in milliseconds. Asking the time-zone database is the
- * slow part of showing a time (most of a token status answer's cost), and offsets change only
- * at quarter-hour instants (every transition of the current rules does), so it is asked once
- * per zone and quarter hour.
+ * slow part of showing a time (most of a token status answer's cost), so it is asked once per
+ * zone and quarter hour: the memo holds the quarter's offset when the offset is the same at its
+ * first and last millisecond, and `NaN` when it changes inside the quarter. Today's rules change
+ * offsets on quarter hours, but older ones did not (Newfoundland changed at 00:01 local time
+ * until 2011), so a quarter with a change in it is asked about every instant.
  */
 const offsetAt = (at: number, zone: DateTime.TimeZone): number => {
   if (zone._tag === "Offset") return zone.offset
@@ -303,11 +308,12 @@ const offsetAt = (at: number, zone: DateTime.TimeZone): number => {
   const quarter = Math.floor(at / QUARTER_HOUR_MS)
   let offset = memo.get(quarter)
   if (offset === undefined) {
-    offset = DateTime.zonedOffset(DateTime.unsafeMakeZoned(quarter * QUARTER_HOUR_MS, { timeZone: zone }))
+    const first = zoneOffset(quarter * QUARTER_HOUR_MS, zone)
+    offset = first === zoneOffset((quarter + 1) * QUARTER_HOUR_MS - 1, zone) ? first : Number.NaN
     if (memo.size >= MAX_MEMO) memo.clear()
     memo.set(quarter, offset)
   }
-  return offset
+  return Number.isNaN(offset) ? zoneOffset(at, zone) : offset
 }
 
 const twoDigits = (n: number) => (n < 10 ? "0" : "") + n

@@ -53,6 +53,31 @@ describe("Wire.instant", () => {
       }
     }
     expect(transitions).toBeGreaterThan(100)
+  })
+
+  it("is exact at offset changes that fall between quarter hours, as Newfoundland's did until 2011", () => {
+    const stJohns = DateTime.zoneUnsafeMakeNamed("America/St_Johns")
+    // 2004-10-31 00:01 daylight time (02:31 UTC) became 2004-10-30 23:01 standard time
+    const change = Date.UTC(2004, 9, 31, 2, 31)
+    expect(Wire.instant(change - 1, stJohns).local).toBe("2004-10-31T00:00:59.999-02:30")
+    expect(Wire.instant(change, stJohns).local).toBe("2004-10-30T23:01:00.000-03:30")
+    expect(Wire.instant(change + 60_000, stJohns).local).toBe("2004-10-30T23:02:00.000-03:30")
+    // every change of 1987-2011, at the millisecond on either side
+    const offset = (at: number) => DateTime.zonedOffset(DateTime.unsafeMakeZoned(at, { timeZone: stJohns }))
+    const DAY = 86_400_000
+    let changes = 0
+    for (let day = Date.UTC(1987, 0, 1); day < Date.UTC(2012, 0, 1); day += DAY) {
+      if (offset(day) === offset(day + DAY)) continue
+      let [low, high] = [day, day + DAY]
+      while (high - low > 1) {
+        const mid = Math.floor((low + high) / 2)
+        if (offset(mid) === offset(day)) low = mid
+        else high = mid
+      }
+      for (const at of [high - 1, high]) expect(Wire.instant(at, stJohns).local).toBe(reference(at, stJohns))
+      changes++
+    }
+    expect(changes).toBe(50)
     const fixed = DateTime.zoneMakeOffset(5.5 * 3_600_000)
     expect(Wire.instant(Date.UTC(2026, 10, 23, 16, 40, 58, 861), fixed).local).toBe("2026-11-23T22:10:58.861+05:30")
   })
