@@ -2,7 +2,7 @@
  * The store: accounts, their tokens and token state, and the append-only audit log, in
  * SQLite (SPEC §4.1) or, for several instances sharing one database, PostgreSQL (SPEC §9).
  * One implementation serves both: the statements are shared, and the few differences
- * (SQLite's session settings, how opening is serialized, typed values in `saveUsage`, the
+ * (SQLite's session settings, how opening is serialized, rows bound as one JSON value, the
  * integrity check) are a small `Dialect` record. Tokens and source configurations (which
  * hold passwords, client secrets and refresh tokens) are encrypted with the keyring, bound
  * to their row. Every change is written together with its audit records in one transaction
@@ -17,7 +17,7 @@ import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted, 
 import * as fs from "node:fs"
 import * as path from "node:path"
 import * as PgTypes from "pg-types"
-import { Account, SourceConfig } from "./Account.js"
+import { Account, SourceConfig, StaticSource } from "./Account.js"
 import type { AccountId } from "./Account.js"
 import * as Crypto from "./Crypto.js"
 import { AccountExists, StoreError } from "./Errors.js"
@@ -75,10 +75,14 @@ export interface TokenStoreService {
   /**
    * Records usage — last use and rate-limit state, which need no encryption — for many
    * accounts, with the events, in one transaction: the coalesced write of busy pools.
+   * `lastUses` are accounts whose last use alone changed. A stored last use never goes back,
+   * here or in `saveState`: instances sharing the database, and a flush racing a commit,
+   * may write them out of order.
    */
   readonly saveUsage: (
     usage: ReadonlyArray<{ readonly id: AccountId; readonly state: TokenState }>,
-    events: ReadonlyArray<TokenEvent>
+    events: ReadonlyArray<TokenEvent>,
+    lastUses?: ReadonlyArray<{ readonly id: AccountId; readonly at: number }>
   ) => Effect.Effect<void, StoreError>
   /**
    * Takes (or extends) the refresh lease of an account for `owner` until `expiresAt`, unless
@@ -132,6 +136,12 @@ const KEY_CHECK_AAD = Crypto.associatedData("meta", "key_check", "value")
 const KEY_CHECK_TEXT = "tessera key check"
 
 const encodeSource = Schema.encodeSync(Schema.parseJson(SourceConfig))
+const STATIC_SOURCE = new StaticSource()
+/** `static_source_enc` for a source encrypted as `sourceEnc`: the same bytes when it is static. */
+const staticCopy = (source: SourceConfig, sourceEnc: Uint8Array) => source._tag === "static" ? sourceEnc : null
+/** Whether a row's source is static as its copy says: only while the copy is still `source_enc`'s bytes. */
+const hasStaticCopy = (row: { readonly source_enc: Uint8Array; readonly static_source_enc: Uint8Array | null }) =>
+  row.static_source_enc !== null && Buffer.compare(row.static_source_enc, row.source_enc) === 0
 const decodeSource = Schema.decodeUnknownSync(Schema.parseJson(SourceConfig))
 
 interface AccountRow {
@@ -158,6 +168,7 @@ interface AccountRow {
   readonly rl_reset_at: number | null
   readonly rl_resource: string | null
   readonly rl_limited: number | null
+  readonly static_source_enc: Uint8Array | null
 }
 
 const opt = <A>(value: A | null | undefined): Option.Option<A> => Option.fromNullable(value)
@@ -215,15 +226,49 @@ const stateColumns = (state: TokenState) => {
   }
 }
 
-const eventRow = (event: TokenEvent) => ({
-  at: event.at,
-  actor: event.actor,
-  type: event.type,
-  account_id: event.accountId,
-  outcome: event.outcome,
-  detail: event.detail,
-  data: JSON.stringify(event.data)
-})
+/** The audit log's columns, in the order of `eventRow`. */
+const AUDIT_COLUMNS: Columns = [
+  ["at", "BIGINT"],
+  ["actor", "TEXT"],
+  ["type", "TEXT"],
+  ["account_id", "TEXT"],
+  ["outcome", "TEXT"],
+  ["detail", "TEXT"],
+  ["data", "TEXT"]
+]
+const eventRow = (event: TokenEvent) => [
+  event.at,
+  event.actor,
+  event.type,
+  event.accountId,
+  event.outcome,
+  event.detail,
+  JSON.stringify(event.data)
+]
+
+/** The columns `saveUsage` writes, in the order of `usageRow`. */
+const USAGE_COLUMNS: Columns = [
+  ["account_id", "TEXT"],
+  ["last_used_at", "BIGINT"],
+  ["rl_limit", "BIGINT"],
+  ["rl_remaining", "BIGINT"],
+  ["rl_reset_at", "BIGINT"],
+  ["rl_resource", "TEXT"],
+  ["rl_limited", "BIGINT"]
+]
+const usageRow = (id: string, state: TokenState) => {
+  const columns = stateColumns(state)
+  return [
+    id,
+    columns.last_used_at,
+    columns.rl_limit,
+    columns.rl_remaining,
+    columns.rl_reset_at,
+    columns.rl_resource,
+    columns.rl_limited
+  ]
+}
+const LAST_USE_COLUMNS: Columns = [["account_id", "TEXT"], ["last_used_at", "BIGINT"]]
 
 const decodeAuditRow = Schema.decodeUnknownSync(AuditEntry)
 
@@ -232,6 +277,28 @@ const isSqlError = (error: unknown): error is SqlError.SqlError =>
 
 /** Rows per statement in bulk writes (well under SQLite's parameter limit). */
 const CHUNK = 500
+/** Rows per statement in bulk writes that bind one JSON value (`Dialect.jsonRows`): some 10–25 ms of work each. */
+const JSON_CHUNK = 5_000
+
+/**
+ * Lets Node's event loop turn. SQLite's driver is synchronous, so without it a write of
+ * 100,000 rows would hold every request the process serves outside Effect (the HTTP fast
+ * lane) until it is done. `setImmediate` runs after pending I/O, whatever the clock.
+ */
+const eventLoopTurn = Effect.async<void>((resume) => {
+  const immediate = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(immediate))
+})
+
+/** Runs `write` for each batch of `JSON_CHUNK` items, letting the event loop turn between batches. */
+const inBatches = <A, E, R>(items: ReadonlyArray<A>, write: (batch: ReadonlyArray<A>) => Effect.Effect<unknown, E, R>) =>
+  Effect.forEach(
+    chunksOf(items, JSON_CHUNK),
+    (batch, i) => i === 0 ? write(batch) : Effect.zipRight(eventLoopTurn, write(batch)),
+    { discard: true }
+  )
+
+type Columns = ReadonlyArray<readonly [name: string, type: "BIGINT" | "TEXT"]>
 
 const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
   const chunks: Array<ReadonlyArray<A>> = []
@@ -246,8 +313,12 @@ interface Dialect {
    * that processes opening the database at the same time wait for each other.
    */
   readonly open: <A, E, R>(migrate: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SqlError.SqlError, R>
-  /** A value in a `VALUES` list, typed where the database would not infer the column's type. */
-  readonly typed: (value: unknown, type: "BIGINT" | "TEXT") => Statement.Fragment
+  /**
+   * Rows given as one JSON array of arrays, as a subquery with these columns (in array
+   * order, `n` numbering them): a bulk write binds one value, not one per field. Building
+   * the statement and binding took most of a 100,000-row write when each field was bound.
+   */
+  readonly jsonRows: (rows: ReadonlyArray<ReadonlyArray<unknown>>, columns: Columns) => Statement.Fragment
   /** `["ok"]` for a sound database, else what is wrong, one line each. */
   readonly integrityCheck: Effect.Effect<ReadonlyArray<string>, SqlError.SqlError>
 }
@@ -281,7 +352,9 @@ const makeDialect = (sql: SqlClient.SqlClient): Dialect => {
           )`
           return yield* migrate
         })),
-      typed: (value, type) => sql`CAST(${value} AS ${sql.literal(type)})`,
+      jsonRows: (rows, columns) =>
+        sql`(SELECT ${sql.literal(columns.map(([name, type], i) => `CAST(e.value ->> ${i} AS ${type}) AS ${name}`).join(", "))}, e.n
+          FROM json_array_elements(CAST(${JSON.stringify(rows)} AS json)) WITH ORDINALITY AS e(value, n))`,
       // PostgreSQL keeps its own pages consistent (and checksums them where enabled); there is
       // no SQL-level equivalent of SQLite's check without extensions. What can go wrong at
       // this level is a schema that is not the store's: a missing table, or an audit log
@@ -310,7 +383,9 @@ const makeDialect = (sql: SqlClient.SqlClient): Dialect => {
           yield* lockRow
           return yield* sql.withTransaction(Effect.zipRight(writeLock, migrate))
         }),
-      typed: (value) => sql`${value}`,
+      jsonRows: (rows, columns) =>
+        sql`(SELECT ${sql.literal(columns.map(([name], i) => `value ->> ${i} AS ${name}`).join(", "))}, key AS n
+          FROM json_each(${JSON.stringify(rows)}))`,
       integrityCheck: Effect.map(
         sql<{ integrity_check: string }>`PRAGMA integrity_check`,
         (rows) => rows.map((row) => row.integrity_check)
@@ -355,22 +430,26 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
 
     /**
      * Decodes rows without per-row effects: restoring 100,000 accounts must be quick. Rows were
-     * validated when written, so classes are built without validating again, and identical
-     * source configurations (every `remote` account's, say) are decoded once per load.
+     * validated when written, so classes are built without validating again, identical
+     * source configurations (every `remote` account's, say) are decoded once per load, and a
+     * static source, which holds nothing, is not decrypted (`static_source_enc`).
      */
     const decodeRows = (rows: ReadonlyArray<AccountRow>): Effect.Effect<Array<StoredAccount>, CryptoError> =>
       Effect.suspend(() => {
         const sources = new Map<string, SourceConfig>()
         const out: Array<StoredAccount> = []
+        const decodeOnce = (json: string) => {
+          let source = sources.get(json)
+          if (source === undefined) {
+            source = decodeSource(json)
+            sources.set(json, source)
+          }
+          return source
+        }
         for (const row of rows) {
-          const decoded = keyring.openWith(row.source_enc, sourceAad(row.account_id), (json) => {
-            let source = sources.get(json)
-            if (source === undefined) {
-              source = decodeSource(json)
-              sources.set(json, source)
-            }
-            return source
-          })
+          const decoded = hasStaticCopy(row)
+            ? Either.right(STATIC_SOURCE)
+            : keyring.openWith(row.source_enc, sourceAad(row.account_id), decodeOnce)
           if (Either.isLeft(decoded)) return Effect.fail(decoded.left)
           const source = decoded.right
           let token: Option.Option<TokenRecord> = Option.none()
@@ -403,7 +482,7 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
     const selectAccounts = sql.literal(`SELECT a.account_id, a.provider, a.pool, a.source_enc, a.label, a.created_at,
       t.token_enc, t.expires_at, t.issued_at, t.origin, t.invalid_reason, t.invalid_at,
       t.last_error_code, t.last_error_message, t.last_error_at, t.last_refreshed_at, t.last_used_at,
-      t.username, t.rl_limit, t.rl_remaining, t.rl_reset_at, t.rl_resource, t.rl_limited
+      t.username, t.rl_limit, t.rl_remaining, t.rl_reset_at, t.rl_resource, t.rl_limited, a.static_source_enc
       FROM accounts a LEFT JOIN token_state t ON t.account_id = a.account_id`)
     const accountRow = (v: ReadonlyArray<unknown>): AccountRow => ({
       account_id: v[0] as string,
@@ -428,7 +507,8 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
       rl_remaining: v[19] as number | null,
       rl_reset_at: v[20] as number | null,
       rl_resource: v[21] as string | null,
-      rl_limited: v[22] as number | null
+      rl_limited: v[22] as number | null,
+      static_source_enc: v[23] as Uint8Array | null
     })
     const accountRows = (rows: ReadonlyArray<ReadonlyArray<unknown>>) => rows.map(accountRow)
 
@@ -438,18 +518,22 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
         onSome: (record) => keyring.encrypt(record.token, tokenAad(id))
       })
 
-    // SQLite takes at most 32,766 parameters a statement: large writes go in chunks.
     const insertEvents = (events: ReadonlyArray<TokenEvent>) =>
-      Effect.forEach(
-        chunksOf(events, CHUNK),
-        (chunk) => sql`INSERT INTO audit_log ${sql.insert(chunk.map(eventRow))}`,
-        { discard: true }
-      )
+      inBatches(events, (batch) =>
+        sql`INSERT INTO audit_log (at, actor, type, account_id, outcome, detail, data)
+          SELECT at, actor, type, account_id, outcome, detail, data
+          FROM ${dialect.jsonRows(batch.map(eventRow), AUDIT_COLUMNS)} AS v ORDER BY n`)
+
+    /** Keeps the later of the stored last use and the one written (`v`), which may be older or absent. */
+    const laterUse = (written: string) =>
+      sql.literal(`CASE WHEN token_state.last_used_at IS NULL OR ${written}.last_used_at > token_state.last_used_at
+        THEN ${written}.last_used_at ELSE token_state.last_used_at END`)
 
     const upsertState = (id: string, state: TokenState, tokenEnc: Uint8Array | null, now: number) => {
       const row = { account_id: id, token_enc: tokenEnc, ...stateColumns(state), updated_at: now }
       return sql`INSERT INTO token_state ${sql.insert(row)}
-        ON CONFLICT (account_id) DO UPDATE SET ${sql.update(row, ["account_id"])}, version = token_state.version + 1`
+        ON CONFLICT (account_id) DO UPDATE SET ${sql.update(row, ["account_id", "last_used_at"])},
+          last_used_at = ${laterUse("excluded")}, version = token_state.version + 1`
     }
 
     const now = Effect.clockWith((clock) => clock.currentTimeMillis)
@@ -481,6 +565,7 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
                   pool: account.pool,
                   source_type: account.source._tag,
                   source_enc: sourceEnc,
+                  static_source_enc: staticCopy(account.source, sourceEnc),
                   label: account.label ?? null,
                   created_at: account.createdAt
                 })
@@ -526,8 +611,9 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             : yield* keyring.encrypt(Redacted.make(encodeSource(source)), sourceAad(id))
           const at = yield* now
           yield* immediate(Effect.gen(function*() {
-            if (sourceEnc !== undefined) {
-              yield* sql`UPDATE accounts SET source_enc = ${sourceEnc} WHERE account_id = ${id}`
+            if (source !== undefined && sourceEnc !== undefined) {
+              yield* sql`UPDATE accounts SET source_type = ${source._tag}, source_enc = ${sourceEnc},
+                static_source_enc = ${staticCopy(source, sourceEnc)} WHERE account_id = ${id}`
             }
             yield* upsertState(id, state, tokenEnc, at)
             yield* insertEvents(events)
@@ -547,25 +633,20 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
           Effect.asVoid,
           Effect.mapError(storeError("release a refresh lease"))
         ),
-      saveUsage: (usage, events) =>
+      saveUsage: (usage, events, lastUses = []) =>
         immediate(Effect.gen(function*() {
-          for (const chunk of chunksOf(usage, CHUNK)) {
-            const rows = chunk.map(({ id, state }) => {
-              const columns = stateColumns(state)
-              const { typed } = dialect
-              return sql`(${typed(id, "TEXT")}, ${typed(columns.last_used_at, "BIGINT")}, ${typed(columns.rl_limit, "BIGINT")},
-                ${typed(columns.rl_remaining, "BIGINT")}, ${typed(columns.rl_reset_at, "BIGINT")}, ${typed(columns.rl_resource, "TEXT")},
-                ${typed(columns.rl_limited, "BIGINT")})`
-            })
-            // accounts removed meanwhile simply match no row
-            // last use never goes back: another instance sharing the database may have used it since
-            yield* sql`UPDATE token_state SET last_used_at = CASE
-                WHEN token_state.last_used_at IS NULL OR v.column2 > token_state.last_used_at THEN v.column2
-                ELSE token_state.last_used_at END,
-              rl_limit = v.column3, rl_remaining = v.column4,
-              rl_reset_at = v.column5, rl_resource = v.column6, rl_limited = v.column7
-              FROM (VALUES ${sql.csv(rows)}) AS v WHERE token_state.account_id = v.column1`
-          }
+          // accounts removed meanwhile simply match no row
+          yield* inBatches(lastUses, (batch) =>
+            sql`UPDATE token_state SET last_used_at = v.last_used_at
+              FROM ${dialect.jsonRows(batch.map(({ at, id }) => [id, at]), LAST_USE_COLUMNS)} AS v
+              WHERE token_state.account_id = v.account_id
+                AND (token_state.last_used_at IS NULL OR v.last_used_at > token_state.last_used_at)`)
+          yield* inBatches(usage, (batch) =>
+            sql`UPDATE token_state SET last_used_at = ${laterUse("v")},
+              rl_limit = v.rl_limit, rl_remaining = v.rl_remaining,
+              rl_reset_at = v.rl_reset_at, rl_resource = v.rl_resource, rl_limited = v.rl_limited
+              FROM ${dialect.jsonRows(batch.map(({ id, state }) => usageRow(id, state)), USAGE_COLUMNS)} AS v
+              WHERE token_state.account_id = v.account_id`)
           yield* insertEvents(events)
         })).pipe(Effect.mapError(storeError("save usage"))),
       appendAudit: (events) => insertEvents(events).pipe(Effect.mapError(storeError("append audit"))),
@@ -599,11 +680,12 @@ export const make: Effect.Effect<TokenStoreService, StoreError | CryptoError, Sq
             ? Effect.succeedNone
             : Effect.asSome(Effect.flatMap(keyring.decrypt(blob, aad), (plain) => keyring.encrypt(plain, aad)))
         let rewritten = 0
-        const sources = yield* sql<{ account_id: string; source_enc: Uint8Array }>`SELECT account_id, source_enc FROM accounts`
+        const sources = yield* sql<{ account_id: string; source_enc: Uint8Array; static_source_enc: Uint8Array | null }>`SELECT account_id, source_enc, static_source_enc FROM accounts`
         for (const row of sources) {
           const blob = yield* rewrap(row.source_enc, sourceAad(row.account_id))
           if (Option.isNone(blob)) continue
-          yield* sql`UPDATE accounts SET source_enc = ${blob.value} WHERE account_id = ${row.account_id}`
+          yield* sql`UPDATE accounts SET source_enc = ${blob.value}, static_source_enc = ${hasStaticCopy(row) ? blob.value : null}
+            WHERE account_id = ${row.account_id}`
           rewritten++
         }
         const tokens = yield* sql<{ account_id: string; token_enc: Uint8Array }>`SELECT account_id, token_enc FROM token_state WHERE token_enc IS NOT NULL`

@@ -270,6 +270,123 @@ describeEachDatabase("TokenStore", (backend) => {
       expect(audit).toHaveLength(n)
     }), { timeout: 120_000 })
 
+  it.scoped("a large write of last uses and audit records lets the event loop turn between its batches", () =>
+    Effect.gen(function*() {
+      const db = yield* backend.fresh
+      const key = yield* Crypto.generateKey
+      const accounts = Array.from({ length: 3 }, (_, i) => new Account.Account({ ...passwordAccount, id: accountId(`b-${i}`) }))
+      // 25,000 rows of each kind: the accounts beyond the three stored match no row, as removed ones do
+      const ids = Array.from({ length: 25_000 }, (_, i) => accountId(`b-${i}`))
+      yield* withStore(db, key, (store) =>
+        Effect.gen(function*() {
+          yield* store.importAccounts(accounts.map((account) => ({ account, state: fullState })))
+          const events = yield* Effect.forEach(ids, (id) => Events.make({ type: "acquired", accountId: id }))
+          // counts the event loop's turns while the write runs (SQLite's driver is synchronous)
+          let turns = 0
+          let counting = true
+          const tick = () => {
+            if (!counting) return
+            turns++
+            setImmediate(tick)
+          }
+          setImmediate(tick)
+          yield* store.saveUsage([], events, ids.map((id, i) => ({ id, at: 50_000 + i })))
+          counting = false
+          // three batches of last uses and three of audit records: a turn between each two of a kind
+          expect(turns).toBeGreaterThanOrEqual(4)
+          const loaded = yield* store.loadAll
+          expect(loaded.map((entry) => Option.getOrUndefined(entry.state.lastUsedAt)).sort()).toEqual([50_000, 50_001, 50_002])
+          expect(yield* store.audit({ limit: 10_000 })).toHaveLength(10_000)
+        }))
+    }), { timeout: 120_000 })
+
+  it.scoped("a static source is restored without decrypting it; a source that changes type is stored with its new type", () =>
+    Effect.gen(function*() {
+      const db = yield* backend.fresh
+      const key = yield* Crypto.generateKey
+      const staticAccount = new Account.Account({ ...passwordAccount, id: accountId("static-1"), source: new Account.StaticSource() })
+      const columns = (id: string) =>
+        db.raw(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+          sql<{ source_type: string; source_enc: Uint8Array; static_source_enc: Uint8Array | null }>`SELECT source_type,
+            source_enc, static_source_enc FROM accounts WHERE account_id = ${id}`)).pipe(Effect.map((rows) => rows[0]!))
+      const hasCopy = (row: { source_enc: Uint8Array; static_source_enc: Uint8Array | null }) =>
+        row.static_source_enc !== null && Buffer.from(row.static_source_enc).equals(Buffer.from(row.source_enc))
+      const sources = withStore(db, key, (store) =>
+        Effect.map(store.loadAll, (all) => Object.fromEntries(all.map((entry) => [entry.account.id, entry.account.source]))))
+      yield* withStore(db, key, (store) =>
+        store.importAccounts([{ account: staticAccount, state: fullState }, { account: passwordAccount, state: fullState }]))
+      expect(hasCopy(yield* columns("static-1"))).toBe(true)
+      expect((yield* columns("amp-main")).static_source_enc).toBeNull()
+
+      // a change of source type is stored with the type, both ways
+      yield* withStore(db, key, (store) => store.saveState(passwordAccount.id, fullState, [], new Account.StaticSource()))
+      expect((yield* columns("amp-main")).source_type).toBe("static")
+      expect(hasCopy(yield* columns("amp-main"))).toBe(true)
+      expect((yield* sources)["amp-main"]?._tag).toBe("static")
+      yield* withStore(db, key, (store) => store.saveState(passwordAccount.id, fullState, [], passwordAccount.source))
+      expect((yield* columns("amp-main")).source_type).toBe("password")
+      expect((yield* columns("amp-main")).static_source_enc).toBeNull()
+      expect((yield* sources)["amp-main"]).toEqual(passwordAccount.source)
+
+      // the copy is what spares the decryption: bytes no key opens still restore as static...
+      const garbage = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8])
+      yield* db.raw(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql`UPDATE accounts SET source_enc = ${garbage}, static_source_enc = ${garbage} WHERE account_id = 'static-1'`))
+      expect((yield* sources)["static-1"]?._tag).toBe("static")
+      // ...and a writer that knows nothing of it (an older version) changing the source is heard
+      const passwordBlob = yield* Effect.flatMap(Crypto.Keyring, (keyring) =>
+        keyring.encrypt(
+          Redacted.make(Schema.encodeSync(Schema.parseJson(Account.SourceConfig))(passwordAccount.source)),
+          Crypto.associatedData("accounts", "static-1", "source")
+        )).pipe(Effect.provide(Crypto.layerKeys([key])))
+      yield* db.raw(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql`UPDATE accounts SET source_enc = ${passwordBlob} WHERE account_id = 'static-1'`))
+      expect((yield* sources)["static-1"]).toEqual(passwordAccount.source)
+
+      // re-encryption under a new key keeps the copy of a static source in step
+      yield* withStore(db, key, (store) => store.saveState(staticAccount.id, fullState, [], new Account.StaticSource()))
+      const newKey = yield* Crypto.generateKey
+      yield* withKeys(db, [newKey, key], (store) => store.reencrypt)
+      expect(hasCopy(yield* columns("static-1"))).toBe(true)
+      expect((yield* columns("amp-main")).static_source_enc).toBeNull()
+      expect(yield* withKeys(db, [newKey], (store) => Effect.map(store.loadAll, (all) => all.map((entry) => entry.account.source._tag).sort())))
+        .toEqual(["password", "static"])
+    }))
+
+  it.scoped("a stored last use never goes back, whichever write comes late; audit records keep their order", () =>
+    Effect.gen(function*() {
+      const db = yield* backend.fresh
+      const key = yield* Crypto.generateKey
+      const id = passwordAccount.id
+      yield* withStore(db, key, (store) =>
+        Effect.gen(function*() {
+          yield* store.importAccounts([{ account: passwordAccount, state: fullState }])
+          const lastUsed = Effect.map(store.load(id), (stored) => Option.getOrThrow(stored).state.lastUsedAt)
+          const events = yield* Effect.forEach(["first", "second", "third"], (detail) =>
+            Events.make({ type: "acquired", accountId: id, detail }))
+          yield* store.saveUsage([], events, [{ id, at: 50_000 }])
+          expect(yield* lastUsed).toEqual(Option.some(50_000))
+          // a flush of older uses (another instance's, say), a usage row, commits of states read before
+          yield* store.saveUsage([], [], [{ id, at: 40_000 }])
+          yield* store.saveUsage([{ id, state: { ...fullState, lastUsedAt: Option.some(45_000) } }], [])
+          yield* store.saveState(id, { ...fullState, lastUsedAt: Option.some(30_000) }, [])
+          yield* store.saveState(id, { ...fullState, lastUsedAt: Option.none() }, [])
+          expect(yield* lastUsed).toEqual(Option.some(50_000))
+          // later ones land, through each path
+          yield* store.saveState(id, { ...fullState, lastUsedAt: Option.some(60_000) }, [])
+          expect(yield* lastUsed).toEqual(Option.some(60_000))
+          yield* store.saveUsage([{ id, state: { ...fullState, lastUsedAt: Option.some(65_000) } }], [])
+          expect(yield* lastUsed).toEqual(Option.some(65_000))
+          yield* store.saveUsage([], [], [{ id, at: 70_000 }])
+          expect(yield* lastUsed).toEqual(Option.some(70_000))
+          // the other columns of a commit are written as given
+          const stored = Option.getOrThrow(yield* store.load(id)).state
+          expect(stored.rateLimit).toEqual(fullState.rateLimit)
+          const audited = yield* store.audit({ accountId: id })
+          expect(audited.map((entry) => entry.detail)).toEqual(["third", "second", "first"])
+        }))
+    }))
+
   it.scoped("a refresh lease has one holder at a time: 50 concurrent takers, one wins; it passes on when it expires or is released", () =>
     Effect.gen(function*() {
       const db = yield* backend.fresh

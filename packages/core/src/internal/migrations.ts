@@ -188,5 +188,14 @@ END $$`)
         }`.pipe(Effect.asVoid),
       orElse: () => Effect.void
     })
+  }),
+  "0005_static_sources": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const t = columnTypes(sql)
+    // A copy of `source_enc`, written with it when the source is static (which holds no
+    // secret), so a restore can skip that decryption: half of all those of a pool of static
+    // tokens. A writer that changes `source_enc` without knowing this column (an older
+    // version) leaves the two different, and the source is decrypted as before.
+    yield* sql`ALTER TABLE accounts ADD COLUMN static_source_enc ${t.bytes}`
   })
 }
