@@ -94,8 +94,11 @@ export const status = (state: TokenState, now: number): TokenStatus => {
 export const HANDOUT_MARGIN_MS = 60_000
 
 /** Whether a token may still be handed out at `now`: it has no expiry or is valid beyond the margin. */
-export const servable = (record: TokenRecord, now: number): boolean =>
-  Option.match(record.expiresAt, { onNone: () => true, onSome: (at) => at - HANDOUT_MARGIN_MS > now })
+export const servable = (record: TokenRecord, now: number): boolean => servableUntil(record) > now
+
+/** Until when (exclusive) a token may be handed out: `servable(record, now)` is `now < servableUntil(record)`. */
+export const servableUntil = (record: TokenRecord): number =>
+  Option.match(record.expiresAt, { onNone: () => Infinity, onSome: (at) => at - HANDOUT_MARGIN_MS })
 
 /** What `get` must do before it can hand a token out (SPEC §2.2). */
 export type Need = "use" | "refresh" | "obtain"

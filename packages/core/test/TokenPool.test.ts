@@ -390,4 +390,25 @@ describe("pool state survives a restart", () => {
         expect(new Map([...audited].sort())).toEqual(new Map([...expected].sort()))
         expect([...audited.values()].reduce((a, b) => a + b, 0)).toBe(15)
       })))
+
+  it.scoped("hand-outs counted before a token is replaced or its account removed are audited, one record per account and caller", () =>
+    withPool(2, (pool, lifecycle) =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        yield* Events.withActor(acquireN(pool, 4), "alice") // p0 p1 p0 p1, counted on the entries
+        yield* Events.withActor(acquireN(pool, 2), "bob") // alice's counts move aside for bob's
+        yield* Events.withActor(acquireN(pool, 2), "alice") // counted on the entries again
+        // a new token replaces p0's entry; p1 leaves the pool: neither loses its counts
+        yield* lifecycle.update("p0", Redacted.make("replacement-token-abcdef"), { validate: false })
+        yield* lifecycle.remove("p1")
+        yield* TestClock.adjust("2 seconds")
+        yield* settle
+        const acquired = (yield* store.audit({})).filter((e) => e.type === "acquired")
+        expect(acquired.map((e) => [e.accountId, e.actor, e.data["count"]]).sort()).toEqual([
+          ["p0", "alice", 3],
+          ["p0", "bob", 1],
+          ["p1", "alice", 3],
+          ["p1", "bob", 1]
+        ])
+      })))
 })

@@ -6,7 +6,7 @@
  * does not become one fsync per request; changes of standing (rate-limited, invalid) are
  * committed at once with their events.
  */
-import { Clock, Duration, Effect, Either, MutableRef, Option, Queue, Redacted } from "effect"
+import { Clock, Context, Duration, Effect, Either, Exit, MutableRef, Option, Queue, Redacted } from "effect"
 import type { Account } from "../Account.js"
 import { AccountNotFound } from "../Errors.js"
 import type { StoreError } from "../Errors.js"
@@ -29,20 +29,30 @@ export interface PoolActor {
   readonly state: MutableRef.MutableRef<TokenState>
 }
 
+/**
+ * A member of a pool, as its rotation sees it. An acquire reads and writes nothing but this
+ * object and the index's own: in a pool of 100,000 every other object it touched (the token
+ * record, its expiry, a counter kept elsewhere) was one more cache miss per acquire.
+ */
 interface Entry<A extends PoolActor> {
   readonly actor: A
   /** The token, absent while the account has none (such a member is out of rotation). */
   readonly record: TokenRecord | undefined
+  /** Until when the token may be handed out (`Token.servableUntil`); 0 without one. */
+  readonly servableUntil: number
   readonly rateLimit: Option.Option<Token.RateLimit>
+  /** The flush round in which the actor was last marked used: it is in `used` for that round. */
+  usedIn: number
   /**
-   * Shortcuts for the hot path, valid only during the flush round they name: the actor is
-   * among the dirty ones already, and its count of acquires by `who` so far. They spare each
-   * acquire the look-ups in sets and maps as large as the pool.
+   * Hand-outs not yet in the audit log (counted mode), all to one caller in one flush round.
+   * A hand-out to another caller, or the entry's replacement, first moves them to `acquires`.
    */
-  dirtyIn?: number | undefined
-  counted?: { readonly round: number; readonly who: string; readonly acquires: { count: number } } | undefined
+  countRound: number
+  countWho: string
+  count: number
+  countFirst: number
   /** What a hand-out of this entry gives: made on the first one (an entry is replaced when its token or limit changes). */
-  lease?: Lease | undefined
+  lease: Lease | undefined
 }
 
 export interface Deps<A extends PoolActor> {
@@ -66,6 +76,9 @@ export interface Deps<A extends PoolActor> {
   readonly reload: (id: string) => Effect.Effect<void, StoreError>
 }
 
+const AVAILABLE: Standing = { _tag: "available" }
+const OUT: Standing = { _tag: "out" }
+
 export const standingOf = (state: TokenState, at: number): Standing => {
   if (Option.isSome(state.invalid) || Option.isNone(state.token)) return { _tag: "out" }
   if (!Token.servable(state.token.value, at)) return { _tag: "out" }
@@ -79,12 +92,20 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
   Effect.gen(function*() {
     const indexes = new Map<string, PoolIndex<Entry<A>>>()
     const byToken = new Map<string, string>()
-    /** Actors whose usage (last use, rate-limit counters) is not saved yet. */
+    /** Actors used since the last flush: their last use is not saved yet. */
+    const used = new Set<A>()
+    /**
+     * Actors whose rate-limit counters changed since the last flush (without a change of
+     * standing, which is committed at once): their whole usage is not saved yet.
+     */
     const dirty = new Set<A>()
     /** Acquires not yet in the audit log: by who acquired, then by account. */
     const acquires = new Map<string, Map<A, { count: number; first: number }>>()
-    /** Acquires not yet in the audit log, one by one (`auditEachAcquire`). */
-    let singles: Array<{ readonly who: string; readonly actor: A; readonly at: number }> = []
+    /**
+     * Acquires not yet in the audit log, one by one (`auditEachAcquire`), as three columns:
+     * an object per acquire would live until the flush and burden the garbage collector.
+     */
+    let singles = { who: [] as Array<string>, actor: [] as Array<A>, at: [] as Array<number> }
     /** Whether the flusher has been told there is work (told once per flush). */
     let signalled = false
     /** Counts flushes: what was marked in an earlier round is in no set or map any more. */
@@ -99,7 +120,6 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       return index
     }
 
-    /** Brings the actor's place in its pool in line with its state. */
     /** Forgets the token a member held, if the token index still points at this member. */
     const forgetToken = (id: string, record: TokenRecord | undefined) => {
       if (record === undefined) return
@@ -110,12 +130,27 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     /** Places an account in its pool according to its state: the synchronous core of `sync`. */
     const place = (actor: A, account: Account, state: TokenState, at: number): void => {
       const index = indexFor(account.pool)
-      forgetToken(actor.id, index.get(actor.id)?.value.record)
+      const previous = index.get(actor.id)?.value
+      if (previous !== undefined) {
+        forgetToken(actor.id, previous.record)
+        settle(previous)
+      }
       const record = Option.getOrUndefined(state.token)
       if (record !== undefined) byToken.set(Redacted.value(record.token), actor.id)
       index.set(
         actor.id,
-        { actor, record, rateLimit: state.rateLimit },
+        {
+          actor,
+          record,
+          servableUntil: record === undefined ? 0 : Token.servableUntil(record),
+          rateLimit: state.rateLimit,
+          usedIn: previous?.usedIn ?? -1,
+          countRound: -1,
+          countWho: "",
+          count: 0,
+          countFirst: 0,
+          lease: undefined
+        },
         Option.getOrElse(state.lastUsedAt, () => 0),
         standingOf(state, at)
       )
@@ -130,8 +165,13 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     const remove = (actor: A, pool: string) =>
       Effect.sync(() => {
         const index = indexes.get(pool)
-        forgetToken(actor.id, index?.get(actor.id)?.value.record)
+        const entry = index?.get(actor.id)?.value
+        if (entry !== undefined) {
+          forgetToken(actor.id, entry.record)
+          settle(entry)
+        }
         index?.remove(actor.id)
+        used.delete(actor)
         dirty.delete(actor)
       })
 
@@ -148,33 +188,63 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     /** The pool's record of a member's last use is the freshest; the state catches up here. */
     const usedAt = (actor: A, pool: string): number | undefined => indexes.get(pool)?.get(actor.id)?.lastUsed
 
+    /** The state catches up with the pool's record of the last use. */
+    const catchUp = (actor: A, at: number) => {
+      if (at > Option.getOrElse(MutableRef.get(actor.state).lastUsedAt, () => 0)) {
+        MutableRef.update(actor.state, (current) => ({ ...current, lastUsedAt: Option.some(at) }))
+      }
+    }
+
     const flush = Effect.gen(function*() {
       signalled = false
-      if (dirty.size === 0 && acquires.size === 0 && singles.length === 0) return
+      if (used.size === 0 && dirty.size === 0 && acquires.size === 0 && singles.at.length === 0) return
       const actors = [...dirty]
+      // (one synchronous pass rather than an effect per actor: a flush may hold 100,000 of them)
+      /** Hand-outs counted on the entries of this round, unless the `acquires` map has their caller and account. */
+      const inline: Array<{ readonly who: string; readonly actor: A; readonly count: number; readonly first: number }> = []
+      /** Accounts whose last use alone changed, with that use (the pool's record of it is the freshest). */
+      const lastUses: Array<{ readonly id: Account["id"]; readonly at: number }> = []
+      const usedOnly: Array<A> = []
+      for (const actor of used) {
+        const member = indexes.get(MutableRef.get(actor.account).pool)?.get(actor.id)
+        if (member === undefined) continue
+        const entry = member.value
+        if (entry.countRound === round && entry.count > 0) {
+          const merged = acquires.size === 0 ? undefined : acquires.get(entry.countWho)?.get(actor)
+          if (merged === undefined) inline.push({ who: entry.countWho, actor, count: entry.count, first: entry.countFirst })
+          else {
+            merged.count += entry.count
+            merged.first = Math.min(merged.first, entry.countFirst)
+          }
+          entry.count = 0
+        }
+        if (dirty.has(actor)) continue
+        catchUp(actor, member.lastUsed)
+        lastUses.push({ id: actor.id, at: member.lastUsed })
+        usedOnly.push(actor)
+      }
       dirty.clear()
+      used.clear()
       const counted = [...acquires].flatMap(([who, byAccount]) =>
         [...byAccount].map(([actor, { count, first }]) => ({ who, actor, count, first }))
-      )
+      ).concat(inline)
       acquires.clear()
       round++
       const single = singles
-      singles = []
-      // (one synchronous pass rather than an effect per actor: a flush may hold 100,000 of them)
+      singles = { who: [], actor: [], at: [] }
+      // A last use alone is written without the account's lock: the store keeps the later of
+      // its own and this one, whatever a commit writes meanwhile, so nothing can be undone.
+      // Rate-limit counters are read and written holding their accounts' locks: a commit that
+      // landed in between (an update clearing a rate limit, say) would otherwise be undone.
       const usageOf = Effect.sync(() =>
         actors.map((actor) => {
-          const used = usedAt(actor, MutableRef.get(actor.account).pool)
-          const state = MutableRef.updateAndGet(actor.state, (current) =>
-            used !== undefined && used > Option.getOrElse(current.lastUsedAt, () => 0)
-              ? { ...current, lastUsedAt: Option.some(used) }
-              : current)
-          return { id: actor.id, state }
+          const at = usedAt(actor, MutableRef.get(actor.account).pool)
+          if (at !== undefined) catchUp(actor, at)
+          return { id: actor.id, state: MutableRef.get(actor.state) }
         }))
-      // The states are read and written holding their accounts' locks: a commit that landed in
-      // between (an update clearing a rate limit, say) would otherwise be undone by the write.
       const locks = actors.map(deps.lock)
       const save = (usage: ReadonlyArray<{ readonly id: Account["id"]; readonly state: TokenState }>) =>
-        deps.store.saveUsage(usage, audit)
+        deps.store.saveUsage(usage, audit, lastUses)
       const acquired = (who: string, actor: A, at: number, count: number) =>
         new Events.TokenEvent({
           type: "acquired",
@@ -187,7 +257,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         }, true) // every field built here is valid: checking each of up to one per acquire again costs more than the flush
       const audit = [
         ...counted.map(({ actor, count, first, who }) => acquired(who, actor, first, count)),
-        ...single.map(({ actor, at, who }) => acquired(who, actor, at, 1))
+        ...single.at.map((at, i) => acquired(single.who[i]!, single.actor[i]!, at, 1))
       ]
       yield* Effect.acquireUseRelease(
         Effect.forEach(locks, (lock) => lock.take(1), { discard: true }),
@@ -198,8 +268,13 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
         Effect.catchAll((error) =>
           Effect.gen(function*() {
             for (const actor of actors) dirty.add(actor)
+            for (const actor of usedOnly) used.add(actor)
             for (const entry of counted) countAcquire(entry.who, entry.actor, entry.first, entry.count)
-            singles = [...single, ...singles]
+            singles = {
+              who: single.who.concat(singles.who),
+              actor: single.actor.concat(singles.actor),
+              at: single.at.concat(singles.at)
+            }
             signal()
             yield* Effect.logWarning(`could not save pool usage, will retry: ${error.message}`)
           })
@@ -214,34 +289,47 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       Effect.forkScoped
     )
 
-    /** Counts an acquire for the audit log; returns the count it added to, if any. */
-    const countAcquire = (who: string, actor: A, at: number, count = 1): { count: number } | undefined => {
+    /** Counts `count` acquires by `who` for the audit log, the first of them at `at`. */
+    const countAcquire = (who: string, actor: A, at: number, count = 1): void => {
       if (deps.auditEachAcquire && count === 1) {
-        singles.push({ who, actor, at })
-        return undefined
+        singles.who.push(who)
+        singles.actor.push(actor)
+        singles.at.push(at)
+        return
       }
       let byAccount = acquires.get(who)
       if (byAccount === undefined) {
         byAccount = new Map()
         acquires.set(who, byAccount)
       }
-      let counted = byAccount.get(actor)
-      if (counted === undefined) byAccount.set(actor, counted = { count, first: at })
-      else counted.count += count
-      return counted
+      const counted = byAccount.get(actor)
+      if (counted === undefined) byAccount.set(actor, { count, first: at })
+      else {
+        counted.count += count
+        counted.first = Math.min(counted.first, at)
+      }
+    }
+
+    /** Moves the hand-outs counted on an entry to `acquires`, before the entry counts for someone else or is replaced. */
+    const settle = (entry: Entry<A>) => {
+      if (entry.countRound === round && entry.count > 0) countAcquire(entry.countWho, entry.actor, entry.countFirst, entry.count)
+      entry.count = 0
     }
 
     /** Notes a hand-out from the rotation: the actor's usage to save, the acquire to audit. */
     const handedOut = (entry: Entry<A>, who: string, at: number) => {
-      if (entry.dirtyIn !== round) {
-        dirty.add(entry.actor)
-        entry.dirtyIn = round
+      if (entry.usedIn !== round) {
+        used.add(entry.actor)
+        entry.usedIn = round
       }
-      const counted = entry.counted
-      if (counted !== undefined && counted.round === round && counted.who === who) counted.acquires.count++
+      if (deps.auditEachAcquire) countAcquire(who, entry.actor, at)
+      else if (entry.countRound === round && entry.countWho === who) entry.count++
       else {
-        const acquires = countAcquire(who, entry.actor, at)
-        entry.counted = acquires === undefined ? undefined : { round, who, acquires }
+        settle(entry)
+        entry.countRound = round
+        entry.countWho = who
+        entry.count = 1
+        entry.countFirst = at
       }
       signal()
     }
@@ -271,12 +359,8 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     })
 
     /** The last word on a candidate: its token may have expired since it entered rotation. */
-    const usable = (at: number) => (member: { value: Entry<A> }): Standing => {
-      const record = member.value.record
-      return record === undefined || !Token.servable(record, at)
-        ? { _tag: "out" }
-        : { _tag: "available" }
-    }
+    const usable = (at: number) => (member: { value: Entry<A> }): Standing =>
+      member.value.servableUntil > at ? AVAILABLE : OUT
 
     const unsafeExists = (pool: string) => (indexes.get(pool)?.size ?? 0) > 0
 
@@ -294,20 +378,26 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       return Either.right(entry.lease ??= lease(entry, entry.record))
     }
 
-    /** `takeNow`, waiting for a reset within `options.wait`: the wait is the only effect in the loop. */
+    /**
+     * `takeNow`, waiting for a reset within `options.wait`: the wait is the only effect in the
+     * loop. The caller and the clock are read from the fiber directly: an effect each to read
+     * them cost more than the hand-out itself.
+     */
     const acquireLocal = (pool: string, options: AcquireOptions): Effect.Effect<Lease, AcquireError> =>
-      Effect.flatMap(Events.CurrentActor, (who) =>
-        Effect.clockWith((clock) => {
-          const started = clock.unsafeCurrentTimeMillis()
-          const deadline = options.wait === undefined ? started : started + Duration.toMillis(Duration.decode(options.wait))
-          const attempt = (): Effect.Effect<Lease, AcquireError> => {
-            const at = clock.unsafeCurrentTimeMillis()
-            const taken = takeNow(pool, who, at)
-            if (Either.isRight(taken) || taken.left._tag === "NoUsableToken" || taken.left.retryAt > deadline) return taken
-            return Effect.zipRight(Effect.sleep(Math.max(0, taken.left.retryAt - at)), Effect.suspend(attempt))
-          }
-          return attempt()
-        }))
+      Effect.withFiberRuntime((fiber) => {
+        const who = Context.get(fiber.currentContext, Events.CurrentActor)
+        const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+        const started = clock.unsafeCurrentTimeMillis()
+        const deadline = options.wait === undefined ? started : started + Duration.toMillis(Duration.decode(options.wait))
+        const attempt = (): Effect.Effect<Lease, AcquireError> => {
+          const at = clock.unsafeCurrentTimeMillis()
+          const taken = takeNow(pool, who, at)
+          if (Either.isRight(taken)) return Exit.succeed(taken.right)
+          if (taken.left._tag === "NoUsableToken" || taken.left.retryAt > deadline) return Exit.fail(taken.left)
+          return Effect.zipRight(Effect.sleep(Math.max(0, taken.left.retryAt - at)), Effect.suspend(attempt))
+        }
+        return attempt()
+      })
 
     /**
      * Rotation through the database, for instances sharing it: the least recently used token
@@ -477,7 +567,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
     /** Notes a use outside the pool (a direct `get`) so its time is saved with the next flush. */
     const touch = (actor: A) =>
       Effect.sync(() => {
-        dirty.add(actor)
+        used.add(actor)
         signal()
       })
 
