@@ -376,7 +376,7 @@ const makeDialect = (sql: SqlClient.SqlClient): Dialect => {
     orElse: () => ({
       open: (migrate) =>
         Effect.gen(function*() {
-          yield* sql`PRAGMA busy_timeout = 15000`
+          yield* sql.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`)
           yield* sql`PRAGMA foreign_keys = ON`
           yield* sql`PRAGMA synchronous = FULL`
           yield* createMetaTable(sql)
@@ -773,6 +773,25 @@ const openFailure = (database: Database, error: { readonly _tag: string }): stri
   return cause === "" || cause === message ? message : `${message}: ${cause}`
 }
 
+/** How long a statement waits for another connection's lock before it fails with SQLITE_BUSY. */
+const SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+/**
+ * Puts the connection in WAL mode, waiting as long as any other statement would for another
+ * process that holds the database. `SqliteClient` would set the mode the moment it opens, under
+ * better-sqlite3's 5-second default timeout: a process that opened the file while another held
+ * it longer failed with "database is locked" (once in CI). Should SQLite answer busy anyway, the
+ * mode is asked for again until the same limit.
+ */
+const walMode = (sql: SqlClient.SqlClient) =>
+  Effect.zipRight(
+    sql.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`),
+    sql`PRAGMA journal_mode = WAL`.pipe(Effect.retry({
+      schedule: Schedule.spaced("10 millis").pipe(Schedule.jittered, Schedule.upTo(SQLITE_BUSY_TIMEOUT_MS)),
+      while: (error) => /SQLITE_BUSY|database is locked/.test(`${error.message} ${String(error.cause)}`)
+    }))
+  )
+
 /**
  * Opens `layers` (the store, and whatever else keeps tables in the same database) on one
  * SQLite file, created with its directory, in WAL mode; a failure to open is a `StoreError`.
@@ -787,7 +806,8 @@ export const onSqliteFile = <A, E extends { readonly _tag: string }, R>(
     Layer.unwrapEffect(
       Effect.sync(() => {
         if (filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(filename)), { recursive: true })
-        return SqliteClient.layer({ filename })
+        const client = SqliteClient.layer({ filename, disableWAL: true })
+        return Layer.provideMerge(Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, walMode)), client)
       })
     ),
     layers

@@ -2,10 +2,12 @@ import { SqlClient } from "@effect/sql"
 import { expect, it } from "@effect/vitest"
 import { Account, Crypto, Events, Token, TokenStore } from "@tessera/core"
 import { Context, Deferred, Effect, Layer, Option, Redacted, Schema, Stream } from "effect"
-import { execFile } from "node:child_process"
+import { execFile, spawn } from "node:child_process"
+import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { describeEachDatabase, storeLayer } from "./utils/databases.js"
 import type { TestDatabase } from "./utils/databases.js"
+import { tempDir } from "./utils/tempDir.js"
 
 const accountId = Schema.decodeSync(Account.AccountId)
 
@@ -490,3 +492,33 @@ describeEachDatabase("TokenStore", (backend) => {
       expect(audit).toHaveLength(4 * perProcess)
     }), { timeout: 120_000 })
 })
+
+it.scopedLive("on SQLite, opening waits for another process that holds the database, past better-sqlite3's 5-second default", () =>
+  Effect.gen(function*() {
+    const filename = path.join(yield* tempDir, "tessera.db")
+    const holder = fileURLToPath(new URL("./fixtures/holder.mjs", import.meta.url))
+    const HOLD_MS = 6_500
+    // a reader in the old journal mode keeps its shared lock: turning the file to WAL must wait
+    const child = spawn(process.execPath, [holder, filename, String(HOLD_MS)], { stdio: ["ignore", "pipe", "pipe"] })
+    let output = ""
+    child.stdout.on("data", (chunk) => (output += chunk))
+    child.stderr.on("data", (chunk) => (output += chunk))
+    const exited = Effect.async<number | null>((resume) => {
+      if (child.exitCode !== null) return resume(Effect.succeed(child.exitCode))
+      child.once("exit", (code) => resume(Effect.succeed(code)))
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+    yield* Effect.async<void>((resume) => {
+      const check = () => output.includes("held") || child.exitCode !== null ? resume(Effect.void) : setTimeout(check, 5)
+      check()
+    })
+    expect(output).toBe("held\n")
+    const started = Date.now()
+    const key = yield* Crypto.generateKey
+    const accounts = yield* Effect.scoped(Effect.flatMap(TokenStore.TokenStore, (store) => store.loadAll).pipe(
+      Effect.provide(TokenStore.layerSqlite(filename).pipe(Layer.provide(Crypto.layerKeys([key]))))
+    ))
+    expect(accounts).toEqual([])
+    expect(Date.now() - started).toBeGreaterThan(5_000)
+    expect(yield* exited).toBe(0)
+  }), 30_000)
