@@ -48,8 +48,18 @@ export const tempDir = Effect.acquireRelease(
   (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
 )
 
-/** Lets forked fibers run up to their next wait. */
-export const settle = Effect.repeatN(Effect.yieldNow(), 50)
+/** One turn of the event loop, so that I/O already under way (a loopback answer) is read. */
+const eventLoopTurn = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
+/**
+ * Lets forked fibers run up to their next wait, the event loop turning between their steps:
+ * a fake's answer that left before the test went on is read, so a retry's sleep is on the
+ * TestClock before the test moves it.
+ */
+export const settle = Effect.repeatN(Effect.zipRight(Effect.repeatN(Effect.yieldNow(), 10), eventLoopTurn), 10)
 
 /** Waits in real time for I/O that TestClock does not drive. */
 export const waitUntil = (condition: () => boolean, timeoutMs = 5000) =>

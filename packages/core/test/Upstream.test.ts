@@ -19,7 +19,7 @@ const runWithClock = (server: Scripted.ScriptedServer, steps: ReadonlyArray<read
     const fiber = yield* Effect.fork(Effect.either(call(server)))
     for (const [expected, advance] of steps) {
       yield* Scripted.waitUntil(() => server.calls() >= expected)
-      yield* Effect.repeatN(Effect.yieldNow(), 20)
+      yield* Scripted.settle
       yield* TestClock.adjust(advance)
     }
     return yield* Fiber.join(fiber)
@@ -31,8 +31,9 @@ describe("SPEC §2.5 upstream retry policy", () => {
       const server = yield* Scripted.make([{ status: 429, headers: { "retry-after": "7" }, body: { message: "slow down" } }, ok])
       const fiber = yield* Effect.fork(call(server))
       yield* Scripted.waitUntil(() => server.calls() === 1)
+      yield* Scripted.settle
       yield* TestClock.adjust("6999 millis")
-      yield* Effect.repeatN(Effect.yieldNow(), 20)
+      yield* Scripted.settle
       expect(server.calls()).toBe(1)
       yield* TestClock.adjust("1 millis")
       const result = yield* Fiber.join(fiber)
@@ -66,7 +67,7 @@ describe("SPEC §2.5 upstream retry policy", () => {
       const fiber = yield* Effect.fork(Effect.either(call(server).pipe(Effect.provideService(Upstream.RetryPolicy, policy))))
       for (let n = 1; n < 5; n++) {
         yield* Scripted.waitUntil(() => server.calls() >= n)
-        yield* Effect.repeatN(Effect.yieldNow(), 20)
+        yield* Scripted.settle
         yield* TestClock.adjust("30 seconds")
       }
       const result = yield* Fiber.join(fiber)
@@ -90,7 +91,7 @@ describe("SPEC §2.5 upstream retry policy", () => {
       const fiber = yield* Effect.fork(call(server))
       yield* Scripted.waitUntil(() => server.calls() === 1)
       yield* TestClock.adjust("10 seconds")
-      yield* Effect.repeatN(Effect.yieldNow(), 20)
+      yield* Scripted.settle
       yield* TestClock.adjust("2 seconds")
       const result = yield* Fiber.join(fiber)
       expect(result.access_token).toBe("tok-1")

@@ -61,3 +61,12 @@ export const waitUntil = (condition: () => boolean, timeoutMs = 5000) =>
       poll()
     })
   )
+
+/** One turn of the event loop, so that I/O already under way (a loopback answer) is read. */
+const eventLoopTurn = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
+/** Lets forked fibers run up to their next wait, the event loop turning between their steps. */
+export const settle = Effect.repeatN(Effect.zipRight(Effect.repeatN(Effect.yieldNow(), 10), eventLoopTurn), 10)
