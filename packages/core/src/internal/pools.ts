@@ -200,24 +200,14 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       if (used.size === 0 && dirty.size === 0 && acquires.size === 0 && singles.at.length === 0) return
       const actors = [...dirty]
       // (one synchronous pass rather than an effect per actor: a flush may hold 100,000 of them)
-      /** Hand-outs counted on the entries of this round, unless the `acquires` map has their caller and account. */
-      const inline: Array<{ readonly who: string; readonly actor: A; readonly count: number; readonly first: number }> = []
       /** Accounts whose last use alone changed, with that use (the pool's record of it is the freshest). */
       const lastUses: Array<{ readonly id: Account["id"]; readonly at: number }> = []
       const usedOnly: Array<A> = []
       for (const actor of used) {
         const member = indexes.get(MutableRef.get(actor.account).pool)?.get(actor.id)
         if (member === undefined) continue
-        const entry = member.value
-        if (entry.countRound === round && entry.count > 0) {
-          const merged = acquires.size === 0 ? undefined : acquires.get(entry.countWho)?.get(actor)
-          if (merged === undefined) inline.push({ who: entry.countWho, actor, count: entry.count, first: entry.countFirst })
-          else {
-            merged.count += entry.count
-            merged.first = Math.min(merged.first, entry.countFirst)
-          }
-          entry.count = 0
-        }
+        // hand-outs counted on the entry join the others, one record per caller and account
+        settle(member.value)
         if (dirty.has(actor)) continue
         catchUp(actor, member.lastUsed)
         lastUses.push({ id: actor.id, at: member.lastUsed })
@@ -227,7 +217,7 @@ export const make = <A extends PoolActor>(deps: Deps<A>) =>
       used.clear()
       const counted = [...acquires].flatMap(([who, byAccount]) =>
         [...byAccount].map(([actor, { count, first }]) => ({ who, actor, count, first }))
-      ).concat(inline)
+      )
       acquires.clear()
       round++
       const single = singles
