@@ -7,6 +7,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { describeEachDatabase, storeLayer } from "./utils/databases.js"
 import type { TestDatabase } from "./utils/databases.js"
+import * as Scripted from "./utils/scriptedServer.js"
 import { tempDir } from "./utils/tempDir.js"
 
 const accountId = Schema.decodeSync(Account.AccountId)
@@ -508,10 +509,7 @@ it.scopedLive("on SQLite, opening waits for another process that holds the datab
       child.once("exit", (code) => resume(Effect.succeed(code)))
     })
     yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
-    yield* Effect.async<void>((resume) => {
-      const check = () => output.includes("held") || child.exitCode !== null ? resume(Effect.void) : setTimeout(check, 5)
-      check()
-    })
+    yield* Scripted.waitUntil(() => output.includes("held") || child.exitCode !== null)
     expect(output).toBe("held\n")
     const started = Date.now()
     const key = yield* Crypto.generateKey
